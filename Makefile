@@ -1,0 +1,41 @@
+# distillkit developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-fast lint fetch bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install distillkit with its dev tools
+
+run: $(STAMP)  ## run the default distillation (extra Hydra overrides: make run ARGS="loss=kl")
+	$(BIN)/python -m distillkit $(ARGS)
+
+test: $(STAMP)  ## run the whole test suite (incl. real-asset and CLI end-to-end tests)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)  ## run the tests without real assets and CLI subprocess runs
+	$(BIN)/python -m pytest -q -m "not assets and not e2e" $(ARGS)
+
+lint: $(STAMP)  ## ruff lint of sources and tests
+	$(BIN)/ruff check src tests bench
+
+fetch: $(STAMP)  ## download the offline teacher and SNLI data into the cache (DISTILLKIT_CACHE)
+	$(BIN)/distillkit fetch $(ARGS)
+
+bench: $(STAMP)  ## engine step-time benchmark (prints a table; not a test)
+	$(BIN)/python bench/engine_speed.py $(ARGS)
+
+clean:  ## remove the virtualenv and caches (keeps outputs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist

@@ -1,0 +1,3 @@
+"""distillkit: declarative, Hydra-driven knowledge distillation."""
+
+__version__ = "0.1.0"

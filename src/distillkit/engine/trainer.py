@@ -1,0 +1,202 @@
+"""The generic distillation loop.
+
+The engine receives built objects only: a student and an (optional) teacher ``nn.Module``, a
+loss module with ``needs_teacher`` / ``forward(student_out, teacher_out, batch)``, factories
+for the optimizer and scheduler, and data loaders. It knows nothing about which loss, model or
+dataset it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from distillkit.engine.evaluate import evaluate, model_inputs
+from distillkit.engine.settings import EngineSettings
+from distillkit.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Distiller.fit` did."""
+
+    steps: int
+    epochs_completed: float
+    train_seconds: float
+    last_losses: dict[str, float] = field(default_factory=dict)
+    evals: list[dict] = field(default_factory=list)
+
+
+class Distiller:
+    """Trains a student against a frozen teacher with a given loss.
+
+    Args:
+        student: the model being trained.
+        teacher: the frozen teacher (None when the loss needs no teacher).
+        loss: a module with ``needs_teacher`` and ``forward(student_out, teacher_out, batch)``
+            returning an object with ``total`` and ``terms``.
+        optimizer_factory: called with the trainable parameters.
+        scheduler_factory: called as ``(optimizer, num_training_steps=N)``.
+        settings: loop settings.
+        writer: TensorBoard writer (None: no TensorBoard logging).
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        loss: nn.Module,
+        optimizer_factory: OptimizerFactory,
+        scheduler_factory: SchedulerFactory,
+        settings: EngineSettings,
+        writer: SummaryWriter | None = None,
+    ) -> None:
+        settings.validate()
+        self.settings = settings
+        self.device = settings.resolve_device()
+        self.autocast_dtype = settings.autocast_dtype(self.device)
+        self.student = student.to(self.device)
+        self.loss = loss.to(self.device)
+        self.teacher = None
+        if teacher is not None and getattr(loss, "needs_teacher", True):
+            self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        self.optimizer_factory = optimizer_factory
+        self.scheduler_factory = scheduler_factory
+        self.writer = writer
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def total_steps(self, train_loader: DataLoader) -> int:
+        """Optimizer steps the run will take."""
+        s = self.settings
+        if s.max_steps is not None:
+            return int(s.max_steps)
+        return max(1, math.ceil(len(train_loader) / s.grad_accum_steps)) * int(s.epochs)
+
+    def _teacher_outputs(self, inputs: dict):
+        if self.teacher is None:
+            return None
+        with torch.inference_mode(), self._autocast():
+            out = self.teacher(**inputs)
+        # Leave inference mode with ordinary tensors so the loss may save them for backward.
+        return {k: v.clone() for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+    def _log(self, step: int, terms: dict[str, torch.Tensor], total: torch.Tensor,
+             lr: float) -> dict[str, float]:
+        values = {name: float(v) for name, v in terms.items()}
+        values["total"] = float(total)
+        if not all(math.isfinite(v) for v in values.values()):
+            raise TrainingError(
+                f"non-finite loss at step {step} ({values}); lower trainer.optimizer.lr, "
+                "keep trainer.max_grad_norm set, or use trainer.precision=fp32"
+            )
+        if self.writer is not None:
+            for name, v in values.items():
+                self.writer.add_scalar(f"train/loss/{name}", v, step)
+            self.writer.add_scalar("train/lr", lr, step)
+        return values
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, desc: str) -> dict[str, float]:
+        """Evaluates ``model`` (student or teacher) on ``loader`` with the run's precision."""
+        model.to(self.device)
+        return evaluate(model, loader, self.device, self.autocast_dtype, desc=desc,
+                        progress=self.settings.progress)
+
+    def _eval_student(self, loader: DataLoader | None, step: int, result: TrainResult) -> None:
+        if loader is None:
+            return
+        metrics = self.evaluate(self.student, loader, desc=f"eval@{step}")
+        result.evals.append({"step": step, **metrics})
+        log.info("step %d: student eval accuracy %.4f, loss %.4f", step,
+                 metrics["accuracy"], metrics["loss"])
+        if self.writer is not None:
+            for name in ("accuracy", "loss"):
+                self.writer.add_scalar(f"eval/student/{name}", metrics[name], step)
+
+    def fit(self, train_loader: DataLoader, eval_loader: DataLoader | None = None) -> TrainResult:
+        """Runs the training loop.
+
+        Args:
+            train_loader: batches with model inputs and ``labels``.
+            eval_loader: evaluated every ``eval_every_steps`` steps (or each epoch).
+
+        Returns:
+            Steps taken, time, last logged losses and the evaluation history.
+
+        Raises:
+            TrainingError: when the loss becomes NaN or infinite.
+        """
+        s = self.settings
+        if len(train_loader) == 0:
+            raise TrainingError("the training split is empty; check data.train_split")
+        total_steps = self.total_steps(train_loader)
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        params += [p for p in self.loss.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        scheduler = self.scheduler_factory(optimizer, num_training_steps=total_steps)
+        log.info("training %d optimizer steps (batch %d x accumulation %d) on %s%s",
+                 total_steps, s.batch_size, s.grad_accum_steps, self.device,
+                 f" with {self.autocast_dtype} autocast" if self.autocast_dtype else "")
+        result = TrainResult(steps=0, epochs_completed=0.0, train_seconds=0.0)
+        self.student.train()
+        optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(total=total_steps, desc="distil", disable=not s.progress, dynamic_ncols=True)
+        start = time.perf_counter()
+        step, micro, epoch = 0, 0, 0
+        while step < total_steps:
+            for batch in train_loader:
+                inputs = model_inputs(batch, self.device)
+                batch_on_device = {**inputs, "labels": batch["labels"].to(self.device)}
+                teacher_out = self._teacher_outputs(inputs)
+                with self._autocast():
+                    student_out = self.student(**inputs)
+                    out = self.loss(student_out, teacher_out, batch_on_device)
+                (out.total / s.grad_accum_steps).backward()
+                micro += 1
+                if micro % s.grad_accum_steps:
+                    continue
+                if s.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                if step % s.log_every_steps == 0 or step == total_steps:
+                    result.last_losses = self._log(step, out.terms, out.total.detach(),
+                                                   scheduler.get_last_lr()[0])
+                    bar.set_postfix(loss=f"{result.last_losses['total']:.4f}")
+                if s.eval_every_steps and step % s.eval_every_steps == 0:
+                    self._eval_student(eval_loader, step, result)
+                if step >= total_steps:
+                    break
+            else:
+                epoch += 1
+                if not s.eval_every_steps and step < total_steps:
+                    self._eval_student(eval_loader, step, result)
+                continue
+            break
+        bar.close()
+        result.steps = step
+        result.epochs_completed = micro / max(len(train_loader), 1)
+        result.train_seconds = time.perf_counter() - start
+        log.info("trained %d steps in %.1fs", step, result.train_seconds)
+        return result

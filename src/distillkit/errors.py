@@ -1,0 +1,28 @@
+"""Exceptions that end a run with one clear, user-facing message.
+
+Every error a user can fix (bad config value, missing file, vocab mismatch, ...) is raised as a
+:class:`DistillkitError` subclass whose message names the culprit and the fix. The CLI turns them
+into a single ``error:`` line and a non-zero exit code instead of a traceback.
+"""
+
+
+class DistillkitError(RuntimeError):
+    """Base class for errors the user can fix. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 2
+
+
+class ConfigError(DistillkitError):
+    """A configuration value is invalid (wrong range, unknown choice, inconsistent keys)."""
+
+
+class DataError(DistillkitError):
+    """The data cannot be read or does not match the config (missing file/column, bad label)."""
+
+
+class ModelError(DistillkitError):
+    """Teacher and student cannot work together (vocab/tokenizer or label-count mismatch)."""
+
+
+class TrainingError(DistillkitError):
+    """Training cannot go on (non-finite loss, ...)."""

@@ -1,0 +1,120 @@
+"""Models built from a config (random initialisation): the tiny teacher and BERT students."""
+
+from __future__ import annotations
+
+from transformers import BertConfig, BertForSequenceClassification
+
+from distillkit.errors import ConfigError
+from distillkit.models.bundle import ModelBundle
+from distillkit.models.tokenizers import TINY_WORDS, tiny_tokenizer
+
+
+def _bert_classifier(
+    *,
+    vocab_size: int,
+    num_layers: int,
+    hidden_size: int,
+    num_heads: int,
+    intermediate_size: int,
+    labels: list[str],
+    max_position_embeddings: int = 512,
+    pad_token_id: int = 0,
+    dropout: float = 0.1,
+) -> BertForSequenceClassification:
+    if hidden_size % num_heads:
+        raise ConfigError(
+            f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}; "
+            "pick a head count that divides the hidden size"
+        )
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=pad_token_id,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    return BertForSequenceClassification(config)
+
+
+def tiny_teacher(
+    num_layers: int = 2,
+    hidden_size: int = 32,
+    num_heads: int = 2,
+    intermediate_size: int = 64,
+    words: list[str] | None = None,
+    *,
+    labels: list[str],
+) -> ModelBundle:
+    """A randomly initialised tiny BERT classifier with an offline tokenizer (for tests).
+
+    Args:
+        num_layers: transformer layers.
+        hidden_size: hidden width.
+        num_heads: attention heads.
+        intermediate_size: feed-forward width.
+        words: whole-word vocabulary entries of the tokenizer (default: the generated
+            ``data=tiny`` task's words; any other text falls back to characters).
+        labels: label names (supplied by the run from the data).
+    """
+    tokenizer = tiny_tokenizer(tuple(words) if words is not None else TINY_WORDS)
+    model = _bert_classifier(
+        vocab_size=len(tokenizer),
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        intermediate_size=intermediate_size,
+        labels=labels,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return ModelBundle(model=model, tokenizer=tokenizer, name=f"tiny-bert-{num_layers}x{hidden_size}")
+
+
+def bert_student(
+    num_layers: int,
+    hidden_size: int,
+    num_heads: int,
+    intermediate_size: int,
+    dropout: float = 0.1,
+    *,
+    teacher: ModelBundle,
+    labels: list[str],
+) -> ModelBundle:
+    """A randomly initialised BERT student that shares the teacher's tokenizer and vocabulary.
+
+    ``bert4l`` is the TinyBERT-4 shape (Jiao et al., 2020): 4 layers, hidden 312, 12 heads,
+    intermediate 1200.
+
+    Args:
+        num_layers: transformer layers.
+        hidden_size: hidden width.
+        num_heads: attention heads.
+        intermediate_size: feed-forward width.
+        dropout: hidden and attention dropout.
+        teacher: the teacher bundle (its tokenizer and position limit are reused).
+        labels: label names.
+    """
+    tconf = teacher.model.config
+    model = _bert_classifier(
+        vocab_size=int(tconf.vocab_size),
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        intermediate_size=intermediate_size,
+        labels=labels,
+        max_position_embeddings=int(getattr(tconf, "max_position_embeddings", 512)),
+        pad_token_id=teacher.tokenizer.pad_token_id or 0,
+        dropout=dropout,
+    )
+    return ModelBundle(
+        model=model,
+        tokenizer=teacher.tokenizer,
+        name=f"bert-{num_layers}L-{hidden_size}H (random init)",
+    )

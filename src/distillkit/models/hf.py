@@ -1,0 +1,90 @@
+"""Pretrained classifiers from the Hugging Face hub or a local directory."""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from distillkit.errors import ModelError
+from distillkit.models.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def pretrained_classifier(
+    name_or_path: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    *,
+    labels: list[str],
+) -> ModelBundle:
+    """Loads any ``AutoModelForSequenceClassification`` and its tokenizer.
+
+    A checkpoint without a classification head (a plain encoder) gets a freshly initialised
+    head with ``len(labels)`` outputs. A checkpoint whose head has a different number of labels
+    is refused.
+
+    Args:
+        name_or_path: hub model id (e.g. ``bert-base-uncased``) or local directory.
+        revision: hub revision (branch, tag or commit).
+        trust_remote_code: allow the checkpoint's own modelling code (off unless you opt in).
+        labels: the task's label names, in id order.
+
+    Raises:
+        ModelError: when the checkpoint cannot be loaded or its label count differs.
+    """
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"could not load model config '{name_or_path}': {_first_line(exc)}. Check the hub "
+            "name and network access (HF_HUB_OFFLINE=1 needs a local copy), or set "
+            "name_or_path to a local directory"
+        ) from exc
+    archs = getattr(config, "architectures", None) or []
+    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
+    if has_head and config.num_labels != len(labels):
+        raise ModelError(
+            f"'{name_or_path}' has a classification head with {config.num_labels} labels but "
+            f"the data has {len(labels)} ({', '.join(labels)}); use a checkpoint trained on "
+            "this task, a plain encoder, or fix data.labels"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+            **kwargs,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load '{name_or_path}': {_first_line(exc)}") from exc
+    if not has_head:
+        log.info("'%s' has no classification head: a new %d-way head was initialised",
+                 name_or_path, len(labels))
+    return ModelBundle(model=model, tokenizer=tokenizer, name=str(name_or_path))
+
+
+def pretrained_student(
+    name_or_path: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    *,
+    teacher: ModelBundle,
+    labels: list[str],
+) -> ModelBundle:
+    """A pretrained student (e.g. ``distilbert-base-uncased``) with its own tokenizer.
+
+    The run checks that its vocabulary matches the teacher's before training
+    (:func:`distillkit.models.check_compatible`).
+    """
+    del teacher  # the student keeps its own tokenizer; compatibility is checked by the run
+    return pretrained_classifier(name_or_path, revision, trust_remote_code, labels=labels)

@@ -1,0 +1,153 @@
+"""The top-level run: builds every object from the config, then executes the run graph.
+
+Only this module calls ``hydra.utils.instantiate``; the engine receives built objects.
+
+Run graph (each stage logs its start): build → teacher (evaluate) → distil → evaluate → export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from transformers import set_seed
+
+from distillkit.engine import Distiller, EngineSettings
+from distillkit.io import write_dir, write_json
+from distillkit.models import ModelBundle, check_compatible, count_parameters
+
+log = logging.getLogger(__name__)
+
+
+def engine_settings(trainer_cfg: DictConfig) -> EngineSettings:
+    """The loop settings from the ``trainer`` group (optimizer and scheduler left out)."""
+    names = {f.name for f in dataclasses.fields(EngineSettings)}
+    values = OmegaConf.to_container(trainer_cfg, resolve=True)
+    settings = EngineSettings(**{k: v for k, v in values.items() if k in names})
+    settings.validate()
+    return settings
+
+
+def _stage(name: str) -> None:
+    log.info("== stage: %s", name)
+
+
+def _format_summary(metrics: dict[str, Any]) -> str:
+    t, s = metrics["teacher"], metrics["student"]
+    rows = [
+        ("", "teacher", "student"),
+        ("accuracy", f"{t['accuracy']:.4f}", f"{s['accuracy']:.4f}"),
+        ("loss", f"{t['loss']:.4f}", f"{s['loss']:.4f}"),
+        ("parameters", f"{metrics['params']['teacher']:,}", f"{metrics['params']['student']:,}"),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.append(f"retention (student/teacher accuracy): {metrics['retention']:.4f}"
+                 f"  [{metrics['eval_split']} split, {t['examples']} examples]")
+    return "\n".join(lines)
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiates data, teacher, student, mapping and loss from the composed config."""
+    data = instantiate(cfg.data)
+    labels = data.labels
+    teacher: ModelBundle = instantiate(cfg.teacher)(labels=labels)
+    student: ModelBundle = instantiate(cfg.student)(teacher=teacher, labels=labels)
+    check_compatible(teacher, student)
+    pairs = instantiate(cfg.mapping)(teacher_layers=teacher.num_layers,
+                                     student_layers=student.num_layers)
+    loss = instantiate(cfg.loss)
+    log.info("teacher: %s (%d layers, %s params)", teacher.name, teacher.num_layers,
+             f"{count_parameters(teacher.model):,}")
+    log.info("student: %s (%d layers, %s params)", student.name, student.num_layers,
+             f"{count_parameters(student.model):,}")
+    log.info("labels: %s; layer mapping (student, teacher): %s", labels, pairs or "none")
+    return {"data": data, "teacher": teacher, "student": student, "pairs": pairs, "loss": loss}
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Executes one distillation run and writes its output under ``out_dir``.
+
+    Writes ``resolved_config.yaml``, ``mapping.json``, ``tb/`` (TensorBoard), ``student/``
+    (``save_pretrained`` model + tokenizer) and, last, ``metrics.json``.
+
+    Returns:
+        The metrics dict (also written to ``metrics.json``).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    settings = engine_settings(cfg.trainer)
+    set_seed(settings.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    _stage("build")
+    built = build(cfg)
+    data, teacher, student = built["data"], built["teacher"], built["student"]
+    write_json(out_dir / "mapping.json", {"pairs": [list(p) for p in built["pairs"]]})
+    data.tokenize(teacher.tokenizer)
+    train_loader = data.loader("train", settings.batch_size, shuffle=True, seed=settings.seed,
+                               num_workers=settings.num_workers)
+    eval_loader = data.loader("eval", settings.eval_batch_size,
+                              num_workers=settings.num_workers)
+    final_role = "test" if data.has_split("test") else "eval"
+    final_loader = data.loader(final_role, settings.eval_batch_size,
+                               num_workers=settings.num_workers)
+
+    writer = SummaryWriter(log_dir=str(out_dir / "tb"))
+    try:
+        distiller = Distiller(
+            student=student.model,
+            teacher=teacher.model,
+            loss=built["loss"],
+            optimizer_factory=instantiate(cfg.trainer.optimizer),
+            scheduler_factory=instantiate(cfg.trainer.scheduler),
+            settings=settings,
+            writer=writer,
+        )
+        _stage("teacher")
+        teacher_metrics = distiller.evaluate(teacher.model, final_loader, desc="eval teacher")
+        log.info("teacher %s accuracy: %.4f", data.split_names[final_role],
+                 teacher_metrics["accuracy"])
+
+        _stage("distil")
+        result = distiller.fit(train_loader, eval_loader)
+
+        _stage("evaluate")
+        student_metrics = distiller.evaluate(student.model, final_loader, desc="eval student")
+        for who, m in (("teacher", teacher_metrics), ("student", student_metrics)):
+            writer.add_scalar(f"final/{who}/accuracy", m["accuracy"], result.steps)
+    finally:
+        writer.close()
+
+    _stage("export")
+    if cfg.get("export_student", True):
+        def save(tmp: Path) -> None:
+            student.model.save_pretrained(tmp)
+            student.tokenizer.save_pretrained(tmp)
+        write_dir(out_dir / "student", save)
+        log.info("student exported to %s", out_dir / "student")
+
+    t_acc = teacher_metrics["accuracy"]
+    metrics = {
+        "teacher": teacher_metrics,
+        "student": student_metrics,
+        "retention": student_metrics["accuracy"] / t_acc if t_acc > 0 else float("nan"),
+        "params": {"teacher": count_parameters(teacher.model),
+                   "student": count_parameters(student.model)},
+        "eval_split": data.split_names[final_role],
+        "train": {"steps": result.steps, "epochs": result.epochs_completed,
+                  "seconds": round(result.train_seconds, 3), "last_losses": result.last_losses,
+                  "evals": result.evals},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    log.info("summary\n%s", _format_summary(metrics))
+    log.info("run output: %s", out_dir)
+    return metrics

@@ -1,0 +1,64 @@
+"""Typed schemas for the most-overridden config groups, registered in Hydra's ConfigStore.
+
+Each option file of ``loss/``, ``trainer/`` and ``data/`` starts from its schema
+(``defaults: [<group>_schema, _self_]``), so a typo'd key (``loss.temprature``) or a wrong type
+(``loss.alpha=high``) fails at compose time with a message naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional  # noqa: UP035 - OmegaConf needs typing generics
+
+from hydra.core.config_store import ConfigStore
+
+from distillkit.engine.settings import EngineSettings
+
+
+@dataclass
+class LossSchema:
+    """``total = alpha * kd(T) + (1 - alpha) * hard`` (see distillkit.losses.composite)."""
+
+    _target_: str = "distillkit.losses.DistillationLoss"
+    temperature: float = 1.0
+    alpha: float = 0.5
+    kd: Any = None
+    hard: Any = None
+
+
+@dataclass
+class TrainerSchema(EngineSettings):
+    """Loop settings plus the optimizer and LR schedule (both ``_partial_`` factories)."""
+
+    optimizer: Any = field(default_factory=lambda: {
+        "_target_": "torch.optim.AdamW", "_partial_": True, "lr": 5e-5, "weight_decay": 0.01})
+    scheduler: Any = field(default_factory=lambda: {
+        "_target_": "distillkit.schedules.warmup_schedule", "_partial_": True,
+        "name": "linear", "warmup_ratio": 0.1})
+
+
+@dataclass
+class DataSchema:
+    """Keys of :class:`distillkit.data.TextClassificationData`."""
+
+    _target_: str = "distillkit.data.TextClassificationData"
+    source: Any = None
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None  # noqa: UP045
+    label_column: str = "label"
+    labels: Optional[List[str]] = None  # noqa: UP006, UP045
+    drop_labels: List[str] = field(default_factory=list)  # noqa: UP006
+    train_split: str = "train"
+    eval_split: str = "validation"
+    test_split: Optional[str] = None  # noqa: UP045
+    max_length: int = 128
+    max_train_samples: Optional[int] = None  # noqa: UP045
+    max_eval_samples: Optional[int] = None  # noqa: UP045
+
+
+def register_schemas() -> None:
+    """Stores the schemas as ``<group>/<group>_schema`` (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(group="loss", name="loss_schema", node=LossSchema)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerSchema)
+    cs.store(group="data", name="data_schema", node=DataSchema)

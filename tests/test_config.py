@@ -1,0 +1,88 @@
+"""Every option of every group composes; typos and bad values fail at compose time."""
+
+from __future__ import annotations
+
+import pytest
+from hydra._internal.utils import _locate
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from tests.conftest import CONF
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+
+
+def test_groups_found_by_walking_conf():
+    assert {"teacher", "student", "loss", "mapping", "data", "trainer"} <= set(GROUPS)
+    assert len(OPTIONS) >= 15
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes(compose_cfg, group, option):
+    cfg = compose_cfg([f"{group}={option}"])
+    if group == "experiment":
+        assert cfg.loss is not None
+        return
+    container = OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=False)
+    targets = list(_targets(container))
+    assert targets, f"{group}/{option}.yaml names no _target_"
+    for target in targets:  # every _target_ names a real class or function
+        assert callable(_locate(target)), target
+
+
+def _targets(node):
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield node["_target_"]
+        for value in node.values():
+            yield from _targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _targets(value)
+
+
+def test_defaults_and_loss_schema_keys(compose_cfg):
+    cfg = compose_cfg()
+    assert cfg.loss.temperature == 4.0 and cfg.loss.alpha == 0.5
+    cfg = compose_cfg(["loss.temperature=8", "loss.alpha=0.2"])
+    assert (cfg.loss.temperature, cfg.loss.alpha) == (8.0, 0.2)
+
+
+def test_typo_in_override_fails_with_key_name(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg(["loss.temprature=3"])
+    assert "temprature" in str(err.value)
+
+
+def test_wrong_type_fails_at_compose_time(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg(["loss.alpha=high"])
+    assert isinstance(err.value.__cause__, ValidationError)
+    assert "alpha" in str(err.value.__cause__)
+
+
+def test_trainer_typo_fails(compose_cfg):
+    with pytest.raises(ConfigCompositionException, match="batchsize"):
+        compose_cfg(["trainer.batchsize=8"])
+
+
+def test_unknown_option_lists_available(compose_cfg):
+    with pytest.raises(MissingConfigException) as err:
+        compose_cfg(["loss=mmdd"])
+    assert "kd" in str(err.value) and "mmdd" in str(err.value)
+
+
+def test_experiment_overrides_groups(compose_cfg):
+    cfg = compose_cfg(["experiment=tiny_kd"])
+    assert cfg.loss.temperature == 2.0 and cfg.loss.alpha == 0.7
+    assert cfg.trainer.epochs == 2
+
+
+def test_hydra_output_layout(compose_cfg):
+    cfg = compose_cfg(return_hydra_config=True)
+    assert cfg.hydra.job.name == "distillkit"
+    assert cfg.hydra.run.dir.startswith("outputs/")
+    assert cfg.hydra.sweep.dir.startswith("outputs/multirun/")
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.override_dirname}"
