@@ -34,11 +34,13 @@ def compose_cfg():
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None):
     """Runs ``python -m distillkit ARGS`` in a subprocess; returns the CompletedProcess."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1",
+                "DISTILLKIT_CACHE": str(cwd / "dk-cache"), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "distillkit", *args], cwd=cwd, env=full_env,
         capture_output=True, text=True, timeout=timeout, check=False,
     )
 
 
-TINY_RUN = ["trainer=debug", "trainer.eval_batch_size=32"]
+TINY_RUN = ["teacher=tiny", "student=tiny", "data=tiny", "trainer=debug",
+            "trainer.eval_batch_size=32"]

@@ -109,3 +109,33 @@ def test_fetch_subcommand_rejects_unknown_asset(tmp_path):
                    env={"DISTILLKIT_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 2
     assert "bogus" in proc.stderr and "minilm6" in proc.stderr
+
+
+def test_interrupted_run_keeps_output_and_exits_130(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    run_dir = tmp_path / "r"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DISTILLKIT_CACHE": str(tmp_path / "c")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distillkit", *TINY_RUN, "trainer.max_steps=1000000",
+         f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(240, proc.kill)  # never hang the suite
+    watchdog.start()
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "stage: distil" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    watchdog.cancel()
+    output = "".join(lines) + (rest or "")
+    assert proc.returncode == 130, output[-2000:]
+    assert "interrupted" in output and "Traceback" not in output
+    assert (run_dir / "resolved_config.yaml").is_file() and (run_dir / "mapping.json").is_file()
+    assert not (run_dir / "metrics.json").exists()

@@ -77,7 +77,7 @@ def test_unknown_option_lists_available(compose_cfg):
 def test_experiment_overrides_groups(compose_cfg):
     cfg = compose_cfg(["experiment=tiny_kd"])
     assert cfg.loss.temperature == 2.0 and cfg.loss.alpha == 0.7
-    assert cfg.trainer.epochs == 2
+    assert cfg.trainer.epochs == 10 and cfg.trainer.optimizer.lr == 3e-3
 
 
 def test_hydra_output_layout(compose_cfg):

@@ -111,3 +111,12 @@ def test_alpha_one_is_pure_distillation(logits):
 def test_bad_values_raise_config_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         DistillationLoss(**kwargs)
+
+
+def test_hidden_labels_are_ignored_and_never_nan(logits):
+    s, _, y = logits
+    hidden = y.clone()
+    hidden[4:] = -100
+    assert HardCrossEntropy()(s, hidden).item() == pytest.approx(
+        F.cross_entropy(s[:4], y[:4]).item(), rel=1e-6)
+    assert HardCrossEntropy()(s, torch.full_like(y, -100)).item() == 0.0

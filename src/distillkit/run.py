@@ -2,7 +2,8 @@
 
 Only this module calls ``hydra.utils.instantiate``; the engine receives built objects.
 
-Run graph (each stage logs its start): build → teacher (evaluate) → distil → evaluate → export.
+Run graph (each stage logs its start): build → teacher (fine-tune once, cached) → teacher
+outputs (logits once, cached) → distil → evaluate → export.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from transformers import set_seed
 from distillkit.engine import Distiller, EngineSettings
 from distillkit.io import write_dir, write_json
 from distillkit.models import ModelBundle, check_compatible, count_parameters
+from distillkit.teacher_outputs import attach_teacher_logits
+from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +49,45 @@ def _format_summary(metrics: dict[str, Any]) -> str:
         ("accuracy", f"{t['accuracy']:.4f}", f"{s['accuracy']:.4f}"),
         ("loss", f"{t['loss']:.4f}", f"{s['loss']:.4f}"),
         ("parameters", f"{metrics['params']['teacher']:,}", f"{metrics['params']['student']:,}"),
+        ("inference s", f"{t['seconds']:.1f}", f"{s['seconds']:.1f}"),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.append(f"retention (student/teacher accuracy): {metrics['retention']:.4f}"
                  f"  [{metrics['eval_split']} split, {t['examples']} examples]")
+    inf = metrics["inference"]
+    lines.append(f"inference speed-up on the same batches ({inf['device']}): "
+                 f"{inf['speedup']:.2f}x")
     return "\n".join(lines)
 
 
-def build(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiates data, teacher, student, mapping and loss from the composed config."""
+def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
+    """Builds data and teacher, runs the teacher stage, then builds student, mapping and loss.
+
+    The data comes back tokenised with the teacher's tokenizer and, for logit-only losses with
+    ``trainer.teacher_cache`` on, with the teacher's cached logits attached.
+    """
     data = instantiate(cfg.data)
     labels = data.labels
-    teacher: ModelBundle = instantiate(cfg.teacher)(labels=labels)
+    teacher_cfg = OmegaConf.to_container(cfg.teacher, resolve=True)
+    mode = teacher_cfg.pop("finetune", "auto")
+    ft_settings = FinetuneSettings(**(teacher_cfg.pop("finetune_settings", None) or {}))
+    teacher: ModelBundle = instantiate(teacher_cfg)(labels=labels)
+    data.tokenize(teacher.tokenizer)
+    _stage("teacher")
+    teacher = prepare_teacher(teacher, mode, ft_settings, data, settings)
     student: ModelBundle = instantiate(cfg.student)(teacher=teacher, labels=labels)
     check_compatible(teacher, student)
     pairs = instantiate(cfg.mapping)(teacher_layers=teacher.num_layers,
                                      student_layers=student.num_layers)
     loss = instantiate(cfg.loss)
+    if data.has_split("transfer") and not loss.needs_teacher:
+        log.info("transfer split ignored: this loss uses no teacher to label it")
+        data.drop_transfer()
+    if (cfg.trainer.get("teacher_cache", True) and loss.needs_teacher
+            and loss.required_features() <= {"logits"}):
+        _stage("teacher outputs")
+        attach_teacher_logits(teacher, data, settings)
     log.info("teacher: %s (%d layers, %s params)", teacher.name, teacher.num_layers,
              f"{count_parameters(teacher.model):,}")
     log.info("student: %s (%d layers, %s params)", student.name, student.num_layers,
@@ -88,11 +112,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     _stage("build")
-    built = build(cfg)
+    built = build(cfg, settings)
     data, teacher, student = built["data"], built["teacher"], built["student"]
     write_json(out_dir / "mapping.json", {"pairs": [list(p) for p in built["pairs"]]})
-    data.tokenize(teacher.tokenizer)
-    train_loader = data.loader("train", settings.batch_size, shuffle=True, seed=settings.seed,
+    train_loader = data.loader("distil", settings.batch_size, shuffle=True, seed=settings.seed,
                                num_workers=settings.num_workers)
     eval_loader = data.loader("eval", settings.eval_batch_size,
                               num_workers=settings.num_workers)
@@ -111,15 +134,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             settings=settings,
             writer=writer,
         )
-        _stage("teacher")
-        teacher_metrics = distiller.evaluate(teacher.model, final_loader, desc="eval teacher")
-        log.info("teacher %s accuracy: %.4f", data.split_names[final_role],
-                 teacher_metrics["accuracy"])
-
         _stage("distil")
         result = distiller.fit(train_loader, eval_loader)
 
         _stage("evaluate")
+        teacher_metrics = distiller.evaluate(teacher.model, final_loader, desc="eval teacher")
         student_metrics = distiller.evaluate(student.model, final_loader, desc="eval student")
         for who, m in (("teacher", teacher_metrics), ("student", student_metrics)):
             writer.add_scalar(f"final/{who}/accuracy", m["accuracy"], result.steps)
@@ -142,6 +161,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "params": {"teacher": count_parameters(teacher.model),
                    "student": count_parameters(student.model)},
         "eval_split": data.split_names[final_role],
+        "inference": {
+            "device": str(distiller.device),
+            "teacher_seconds": round(teacher_metrics["seconds"], 3),
+            "student_seconds": round(student_metrics["seconds"], 3),
+            "speedup": teacher_metrics["seconds"] / max(student_metrics["seconds"], 1e-9),
+        },
         "train": {"steps": result.steps, "epochs": result.epochs_completed,
                   "seconds": round(result.train_seconds, 3), "last_losses": result.last_losses,
                   "evals": result.evals},

@@ -28,7 +28,14 @@ class LossSchema:
 
 @dataclass
 class TrainerSchema(EngineSettings):
-    """Loop settings plus the optimizer and LR schedule (both ``_partial_`` factories)."""
+    """Loop settings plus the optimizer and LR schedule (both ``_partial_`` factories).
+
+    ``teacher_cache``: logit-only losses read the teacher's logits from a disk cache computed
+    once per teacher + data + preprocessing (``<cache>/teacher_outputs/``) instead of running
+    the teacher every step.
+    """
+
+    teacher_cache: bool = True
 
     optimizer: Any = field(default_factory=lambda: {
         "_target_": "torch.optim.AdamW", "_partial_": True, "lr": 5e-5, "weight_decay": 0.01})
@@ -54,6 +61,8 @@ class DataSchema:
     max_length: int = 128
     max_train_samples: Optional[int] = None  # noqa: UP045
     max_eval_samples: Optional[int] = None  # noqa: UP045
+    transfer_split: Optional[str] = None  # noqa: UP045
+    max_transfer_samples: Optional[int] = None  # noqa: UP045
 
 
 def register_schemas() -> None:

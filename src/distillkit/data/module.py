@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
@@ -36,6 +36,10 @@ class TextClassificationData:
         max_length: truncation length in tokens.
         max_train_samples: keep only the first N training rows (None: all).
         max_eval_samples: keep only the first N rows of the eval and test splits.
+        transfer_split: optional split of extra text for distillation only (Hinton et al.'s
+            "transfer set"): its labels are hidden (-100), so only the teacher's soft targets
+            train on it. The teacher stage never sees it.
+        max_transfer_samples: keep only the first N rows of the transfer split.
     """
 
     def __init__(
@@ -52,6 +56,8 @@ class TextClassificationData:
         max_length: int = 128,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
+        transfer_split: str | None = None,
+        max_transfer_samples: int | None = None,
     ) -> None:
         self._source = source
         self.text_column = text_column
@@ -59,10 +65,11 @@ class TextClassificationData:
         self.label_column = label_column
         self._labels = [str(x) for x in labels] if labels else None
         self.drop_labels = {str(x) for x in drop_labels}
-        self.split_names = {"train": train_split, "eval": eval_split, "test": test_split}
+        self.split_names = {"train": train_split, "eval": eval_split, "test": test_split,
+                            "transfer": transfer_split}
         self.max_length = int(max_length)
         self.limits = {"train": max_train_samples, "eval": max_eval_samples,
-                       "test": max_eval_samples}
+                       "test": max_eval_samples, "transfer": max_transfer_samples}
         self.raw: dict[str, Dataset] = {}
         self.tokenized: dict[str, Dataset] = {}
         self.tokenizer: PreTrainedTokenizerBase | None = None
@@ -81,13 +88,17 @@ class TextClassificationData:
                     f"split '{split}' (data.{role}_split) not found; available: "
                     f"{', '.join(data)}"
                 )
-            self.raw[role] = self._check_columns(data[split], split)
+            self.raw[role] = self._check_columns(data[split], split,
+                                                 need_label=role != "transfer")
         if self._labels is None:
             self._labels = self._infer_labels(self.raw["train"])
             log.info("labels inferred from the train split: %s", self._labels)
         label2id = {name: i for i, name in enumerate(self._labels)}
         for role, ds in list(self.raw.items()):
-            ds = self._encode_labels(ds, label2id, self.split_names[role])
+            if role == "transfer":
+                ds = self._hide_labels(ds)
+            else:
+                ds = self._encode_labels(ds, label2id, self.split_names[role])
             limit = self.limits[role]
             if limit is not None and limit < len(ds):
                 ds = ds.select(range(limit))
@@ -100,8 +111,17 @@ class TextClassificationData:
         self.prepare()
         return list(self._labels)
 
-    def _check_columns(self, ds: Dataset, split: str) -> Dataset:
-        wanted = {"data.text_column": self.text_column, "data.label_column": self.label_column}
+    def _text_columns(self) -> list[str]:
+        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
+
+    def _hide_labels(self, ds: Dataset) -> Dataset:
+        ds = ds.select_columns(self._text_columns())
+        return ds.add_column("labels", [-100] * len(ds))
+
+    def _check_columns(self, ds: Dataset, split: str, need_label: bool = True) -> Dataset:
+        wanted = {"data.text_column": self.text_column}
+        if need_label:
+            wanted["data.label_column"] = self.label_column
         if self.text_pair_column:
             wanted["data.text_pair_column"] = self.text_pair_column
         for key, column in wanted.items():
@@ -142,8 +162,7 @@ class TextClassificationData:
             ds = ds.select(keep)
         if not len(ds):
             raise DataError(f"split '{split}' has no rows left after dropping labels")
-        columns = [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
-        ds = ds.select_columns(columns)
+        ds = ds.select_columns(self._text_columns())
         return ds.add_column("labels", ids)
 
     # -- tokenised data -------------------------------------------------------------------
@@ -165,8 +184,28 @@ class TextClassificationData:
             )
 
     def has_split(self, role: str) -> bool:
-        """Whether a split is configured for ``role`` (``train``, ``eval`` or ``test``)."""
+        """Whether a split is configured for ``role`` (train, eval, test or transfer)."""
         return self.split_names.get(role) is not None
+
+    def drop_transfer(self) -> None:
+        """Stops using the transfer split (e.g. when no teacher labels it)."""
+        self.split_names["transfer"] = None
+        self.raw.pop("transfer", None)
+        self.tokenized.pop("transfer", None)
+
+    def distil_roles(self) -> list[str]:
+        """The splits the student trains on: train, plus the transfer split if configured."""
+        return ["train"] + (["transfer"] if self.has_split("transfer") else [])
+
+    def attach_teacher_logits(self, role: str, logits) -> None:
+        """Stores precomputed teacher logits (one row per example) with a tokenised split."""
+        ds = self.tokenized[role]
+        if len(logits) != len(ds):
+            raise ValueError(f"{len(logits)} teacher logit rows for {len(ds)} {role} examples")
+        if "teacher_logits" in ds.column_names:
+            ds = ds.remove_columns("teacher_logits")
+        self.tokenized[role] = ds.add_column("teacher_logits", [list(map(float, r))
+                                                                 for r in logits])
 
     def loader(
         self, role: str, batch_size: int, shuffle: bool = False, seed: int = 0,
@@ -175,7 +214,8 @@ class TextClassificationData:
         """A DataLoader over a tokenised split with dynamic padding.
 
         Args:
-            role: ``train``, ``eval`` or ``test``.
+            role: ``train``, ``eval``, ``test``, ``transfer``, or ``distil`` (train and
+                transfer together: what the student trains on).
             batch_size: examples per batch.
             shuffle: reshuffle every epoch (seeded with ``seed``).
             seed: shuffling seed.
@@ -184,8 +224,13 @@ class TextClassificationData:
         if self.tokenizer is None:
             raise RuntimeError("call tokenize(tokenizer) before loader()")
         generator = torch.Generator().manual_seed(seed) if shuffle else None
+        if role == "distil":
+            parts = [self.tokenized[r] for r in self.distil_roles()]
+            dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        else:
+            dataset = self.tokenized[role]
         return DataLoader(
-            self.tokenized[role],
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             generator=generator,

@@ -1,7 +1,7 @@
 """The generic distillation engine: it receives built objects and never imports concrete ones."""
 
-from distillkit.engine.evaluate import evaluate
+from distillkit.engine.evaluate import evaluate, predict_logits
 from distillkit.engine.settings import EngineSettings
 from distillkit.engine.trainer import Distiller, TrainResult
 
-__all__ = ["Distiller", "EngineSettings", "TrainResult", "evaluate"]
+__all__ = ["Distiller", "EngineSettings", "TrainResult", "evaluate", "predict_logits"]

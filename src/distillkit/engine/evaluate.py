@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 
 import torch
@@ -10,10 +11,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+# Batch entries that are targets, not model inputs.
+NON_INPUT_KEYS = frozenset({"labels", "teacher_logits"})
+
 
 def model_inputs(batch: dict, device: torch.device) -> dict:
-    """The batch's model inputs (everything but ``labels``) moved to ``device``."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+    """The batch's model inputs (all but labels and precomputed teacher outputs) on ``device``."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()
+            if k not in NON_INPUT_KEYS}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 @torch.inference_mode()
@@ -28,22 +37,48 @@ def evaluate(
     """Accuracy and mean cross-entropy of ``model`` on ``loader``.
 
     Returns:
-        ``{"accuracy": ..., "loss": ..., "examples": ...}``.
+        ``{"accuracy": ..., "loss": ..., "examples": ..., "seconds": ...}`` where ``seconds``
+        is the wall time of the forward passes (batches already built).
     """
     was_training = model.training
     model.eval()
+    ctx = _autocast(device, autocast_dtype)
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
-    ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-           else nullcontext())
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    batches = list(loader)
+    start = time.perf_counter()
+    for batch in tqdm(batches, desc=desc, leave=False, disable=not progress):
         labels = batch["labels"].to(device, non_blocking=True)
         with ctx:
             logits = model(**model_inputs(batch, device)).logits.float()
         correct += (logits.argmax(-1) == labels).sum()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         seen += labels.numel()
+    accuracy, loss = correct.item(), loss_sum.item()  # the only host syncs
+    seconds = time.perf_counter() - start
     model.train(was_training)
     seen = max(seen, 1)
-    return {"accuracy": correct.item() / seen, "loss": loss_sum.item() / seen, "examples": seen}
+    return {"accuracy": accuracy / seen, "loss": loss / seen, "examples": seen,
+            "seconds": seconds}
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    desc: str = "predict",
+    progress: bool = True,
+) -> torch.Tensor:
+    """The model's logits for every example of ``loader``, in order, as a float32 CPU tensor."""
+    was_training = model.training
+    model.eval().to(device)
+    ctx = _autocast(device, autocast_dtype)
+    chunks = []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        with ctx:
+            chunks.append(model(**model_inputs(batch, device)).logits.float())
+    model.train(was_training)
+    return torch.cat(chunks).cpu()

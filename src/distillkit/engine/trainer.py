@@ -3,7 +3,8 @@
 The engine receives built objects only: a student and an (optional) teacher ``nn.Module``, a
 loss module with ``needs_teacher`` / ``forward(student_out, teacher_out, batch)``, factories
 for the optimizer and scheduler, and data loaders. It knows nothing about which loss, model or
-dataset it runs.
+dataset it runs. A batch that carries ``teacher_logits`` (precomputed teacher outputs) is
+distilled from those instead of a live teacher forward pass.
 """
 
 from __future__ import annotations
@@ -91,8 +92,13 @@ class Distiller:
             return int(s.max_steps)
         return max(1, math.ceil(len(train_loader) / s.grad_accum_steps)) * int(s.epochs)
 
-    def _teacher_outputs(self, inputs: dict):
+    def _teacher_outputs(self, inputs: dict, batch: dict):
+        if "teacher_logits" in batch:
+            return {"logits": batch["teacher_logits"].to(self.device, non_blocking=True)}
         if self.teacher is None:
+            if getattr(self.loss, "needs_teacher", False):
+                raise TrainingError("the loss needs teacher outputs but there is no teacher "
+                                    "and the batch carries no teacher_logits")
             return None
         with torch.inference_mode(), self._autocast():
             out = self.teacher(**inputs)
@@ -131,12 +137,14 @@ class Distiller:
             for name in ("accuracy", "loss"):
                 self.writer.add_scalar(f"eval/student/{name}", metrics[name], step)
 
-    def fit(self, train_loader: DataLoader, eval_loader: DataLoader | None = None) -> TrainResult:
+    def fit(self, train_loader: DataLoader, eval_loader: DataLoader | None = None,
+            desc: str = "distil") -> TrainResult:
         """Runs the training loop.
 
         Args:
             train_loader: batches with model inputs and ``labels``.
             eval_loader: evaluated every ``eval_every_steps`` steps (or each epoch).
+            desc: label of the progress bar.
 
         Returns:
             Steps taken, time, last logged losses and the evaluation history.
@@ -158,14 +166,14 @@ class Distiller:
         result = TrainResult(steps=0, epochs_completed=0.0, train_seconds=0.0)
         self.student.train()
         optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(total=total_steps, desc="distil", disable=not s.progress, dynamic_ncols=True)
+        bar = tqdm(total=total_steps, desc=desc, disable=not s.progress, dynamic_ncols=True)
         start = time.perf_counter()
         step, micro, epoch = 0, 0, 0
         while step < total_steps:
             for batch in train_loader:
                 inputs = model_inputs(batch, self.device)
                 batch_on_device = {**inputs, "labels": batch["labels"].to(self.device)}
-                teacher_out = self._teacher_outputs(inputs)
+                teacher_out = self._teacher_outputs(inputs, batch)
                 with self._autocast():
                     student_out = self.student(**inputs)
                     out = self.loss(student_out, teacher_out, batch_on_device)

@@ -20,7 +20,32 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-class SoftTargetCrossEntropy(nn.Module):
+class _LogitTerm(nn.Module):
+    """Shared call signature: ``term(student_logits, teacher_logits, temperature, mask)``.
+
+    Subclasses compute a per-position value from the temperature-scaled logits; the result is
+    its (masked) mean times :meth:`scale`.
+    """
+
+    def per_position(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scale(self, temperature: float) -> float:
+        return temperature * temperature
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        temperature: float = 1.0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        t = float(temperature)
+        values = self.per_position(student_logits.float() / t, teacher_logits.float() / t)
+        return _masked_mean(values, mask) * self.scale(t)
+
+
+class SoftTargetCrossEntropy(_LogitTerm):
     """Cross-entropy against the teacher's softened distribution, scaled by ``T**2``.
 
     From Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network" (2015):
@@ -28,21 +53,11 @@ class SoftTargetCrossEntropy(nn.Module):
     magnitude roughly independent of the temperature.
     """
 
-    def forward(
-        self,
-        student_logits: torch.Tensor,
-        teacher_logits: torch.Tensor,
-        temperature: float = 1.0,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        t = float(temperature)
-        teacher_probs = F.softmax(teacher_logits.float() / t, dim=-1)
-        student_logp = F.log_softmax(student_logits.float() / t, dim=-1)
-        per_position = -(teacher_probs * student_logp).sum(dim=-1)
-        return _masked_mean(per_position, mask) * (t * t)
+    def per_position(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return -(F.softmax(teacher, dim=-1) * F.log_softmax(student, dim=-1)).sum(dim=-1)
 
 
-class KLDivergence(nn.Module):
+class KLDivergence(_LogitTerm):
     """``T**2 * KL(p_teacher || p_student)`` on temperature-softened distributions.
 
     Same gradient as :class:`SoftTargetCrossEntropy` (they differ by the teacher's entropy, a
@@ -50,21 +65,12 @@ class KLDivergence(nn.Module):
     makes it easier to read in logs. Hinton et al. (2015).
     """
 
-    def forward(
-        self,
-        student_logits: torch.Tensor,
-        teacher_logits: torch.Tensor,
-        temperature: float = 1.0,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        t = float(temperature)
-        teacher_logp = F.log_softmax(teacher_logits.float() / t, dim=-1)
-        student_logp = F.log_softmax(student_logits.float() / t, dim=-1)
-        per_position = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="none")
-        return _masked_mean(per_position.sum(dim=-1), mask) * (t * t)
+    def per_position(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1),
+                        log_target=True, reduction="none").sum(dim=-1)
 
 
-class MSELogits(nn.Module):
+class MSELogits(_LogitTerm):
     """Mean squared error between temperature-scaled logits: ``MSE(z_s / T, z_t / T)``.
 
     Logit regression from Ba & Caruana, "Do Deep Nets Really Need to be Deep?" (2014); the
@@ -72,24 +78,26 @@ class MSELogits(nn.Module):
     plain logit MSE). No ``T**2`` factor.
     """
 
-    def forward(
-        self,
-        student_logits: torch.Tensor,
-        teacher_logits: torch.Tensor,
-        temperature: float = 1.0,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        t = float(temperature)
-        diff = (student_logits.float() - teacher_logits.float()) / t
-        return _masked_mean(diff.pow(2).mean(dim=-1), mask)
+    def per_position(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return (student - teacher).pow(2).mean(dim=-1)
+
+    def scale(self, temperature: float) -> float:
+        return 1.0
 
 
 class HardCrossEntropy(nn.Module):
-    """Plain cross-entropy with the gold labels (positions labelled ``-100`` are ignored)."""
+    """Plain cross-entropy with the gold labels.
+
+    Positions labelled ``-100`` (e.g. transfer-set examples whose labels are hidden) are
+    ignored; a batch without any label gives 0, not NaN.
+    """
 
     def forward(self, student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
+        labels = labels.reshape(-1)
+        total = F.cross_entropy(
             student_logits.float().reshape(-1, student_logits.shape[-1]),
-            labels.reshape(-1),
+            labels,
             ignore_index=-100,
+            reduction="sum",
         )
+        return total / (labels != -100).sum().clamp_min(1)

@@ -1,16 +1,20 @@
 """Teacher and student builders. Each returns a :class:`ModelBundle` (model + tokenizer)."""
 
 from distillkit.models.builders import bert_student, tiny_teacher
-from distillkit.models.bundle import ModelBundle, count_parameters
+from distillkit.models.bundle import ModelBundle, count_parameters, update_weights_digest
 from distillkit.models.compat import check_compatible
-from distillkit.models.hf import pretrained_classifier, pretrained_student
+from distillkit.models.copied import student_from_teacher
+from distillkit.models.hf import packaged_classifier, pretrained_classifier, pretrained_student
 
 __all__ = [
     "ModelBundle",
     "bert_student",
     "check_compatible",
     "count_parameters",
+    "packaged_classifier",
     "pretrained_classifier",
     "pretrained_student",
+    "student_from_teacher",
     "tiny_teacher",
+    "update_weights_digest",
 ]

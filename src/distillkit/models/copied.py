@@ -1,0 +1,58 @@
+"""Students initialised by copying a subset of the teacher's layers (DistilBERT-style)."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from distillkit.errors import ConfigError
+from distillkit.models.bundle import ModelBundle
+
+
+def _layer_list(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module holding the transformer layers and the attribute name of its ModuleList."""
+    base = getattr(model, model.base_model_prefix, model)
+    encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)
+    for attr in ("layer", "layers"):
+        if encoder is not None and isinstance(getattr(encoder, attr, None), nn.ModuleList):
+            return encoder, attr
+    raise ConfigError(
+        f"cannot copy layers from a {type(model).__name__}: no encoder layer list found; "
+        "use a student built from a config (student=bert4l) instead"
+    )
+
+
+def student_from_teacher(layers: list[int], *, teacher: ModelBundle,
+                         labels: list[str]) -> ModelBundle:
+    """A student with the teacher's embeddings, head and the chosen encoder layers.
+
+    As in DistilBERT (Sanh et al., 2019), the student is initialised from the teacher by
+    taking one layer out of two; here any subset can be chosen (0-based teacher layer
+    indices, e.g. ``[0, 2, 4]`` of a 6-layer teacher). The copy is taken from the teacher as it
+    is when the student is built, i.e. after the teacher stage fine-tuned it.
+
+    Args:
+        layers: teacher layer indices to keep, in order.
+        teacher: the teacher bundle (its tokenizer is shared).
+        labels: label names (must match the teacher's head).
+
+    Raises:
+        ConfigError: for an empty, unsorted or out-of-range layer list.
+    """
+    n = teacher.num_layers
+    layers = [int(i) for i in layers]
+    if not layers or any(not 0 <= i < n for i in layers) or layers != sorted(set(layers)):
+        raise ConfigError(
+            f"student.layers={layers} must be increasing, distinct teacher layer indices in "
+            f"[0, {n - 1}] (the teacher has {n} layers), e.g. [0, 2, 4]"
+        )
+    if teacher.model.config.num_labels != len(labels):
+        raise ConfigError("the teacher's head does not match the data's labels")
+    model = copy.deepcopy(teacher.model)
+    encoder, attr = _layer_list(model)
+    setattr(encoder, attr, nn.ModuleList(getattr(encoder, attr)[i] for i in layers))
+    model.config.num_hidden_layers = len(layers)
+    return ModelBundle(model=model, tokenizer=teacher.tokenizer,
+                       name=f"{len(layers)} layers {layers} copied from {teacher.name}",
+                       trained_head=teacher.trained_head)

@@ -1,0 +1,84 @@
+"""Teacher logits computed once per teacher + data + preprocessing, cached on disk, reused.
+
+Logit-only losses need nothing from the teacher but its logits on the training examples, so
+the run computes them in one batched inference pass and stores them as a float32 ``.npy``
+under ``<cache>/teacher_outputs/<key>.npy`` (memory-mapped when read). The key hashes the
+teacher's weights, the split's token ids, ``max_length`` and the precision, so every later run
+and every sweep job over the same teacher and data reads the file instead of running the
+teacher again. Raw (pre-temperature) logits are stored, so temperature sweeps share them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from distillkit.assets import cache_root
+from distillkit.data import TextClassificationData
+from distillkit.engine import EngineSettings, predict_logits
+from distillkit.models import ModelBundle, update_weights_digest
+
+log = logging.getLogger(__name__)
+
+
+def _key(teacher: ModelBundle, data: TextClassificationData, role: str,
+         dtype: torch.dtype | None) -> str:
+    digest = hashlib.sha256()
+    update_weights_digest(teacher.model, digest)
+    ds = data.tokenized[role]
+    for column in ("input_ids", "token_type_ids"):
+        if column in ds.column_names:
+            for ids in ds[column]:
+                digest.update(np.asarray(ids, dtype=np.int32).tobytes())
+                digest.update(b"|")
+    digest.update(f"{data.max_length}|{dtype}".encode())
+    return digest.hexdigest()[:24]
+
+
+def _save(path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
+                          settings: EngineSettings) -> None:
+    """Computes (or loads) the teacher's logits for every distillation split and attaches them.
+
+    Args:
+        teacher: the ready teacher (after the teacher stage).
+        data: tokenised data; each of :meth:`~TextClassificationData.distil_roles` gets a
+            ``teacher_logits`` column.
+        settings: the run's loop settings (device, precision, eval batch size, progress).
+    """
+    device = settings.resolve_device()
+    dtype = settings.autocast_dtype(device)
+    for role in data.distil_roles():
+        key = _key(teacher, data, role, dtype)
+        path = cache_root() / "teacher_outputs" / f"{key}.npy"
+        if path.is_file():
+            logits = np.load(path, mmap_mode="r")
+            log.info("teacher logits for '%s' (%d x %d) read from cache %s: no teacher pass",
+                     role, *logits.shape, path)
+        else:
+            start = time.perf_counter()
+            loader = data.loader(role, settings.eval_batch_size, num_workers=settings.num_workers)
+            logits = predict_logits(teacher.model, loader, device, dtype,
+                                    desc=f"teacher logits {role}",
+                                    progress=settings.progress).numpy()
+            _save(path, logits)
+            log.info("teacher logits for '%s' (%d x %d) computed in %.0fs, cached at %s",
+                     role, *logits.shape, time.perf_counter() - start, path)
+        data.attach_teacher_logits(role, logits)

@@ -1,0 +1,130 @@
+"""The run graph's teacher stage: fine-tune the teacher on the task once, cache, reuse.
+
+A teacher whose classification head was not trained on the task (a plain encoder such as
+all-MiniLM-L6-v2, or a random tiny model) is fine-tuned on the train split with hard labels
+before distillation. The result is a normal ``save_pretrained`` directory under
+``<cache>/teachers/<key>/``, where the key hashes the teacher's initial weights and vocabulary,
+the training data (texts and labels), the label list, ``max_length``, the fine-tune settings
+and the seed: every later run, override and sweep job with the same key loads it instead of
+training again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from distillkit.assets import cache_root
+from distillkit.data import TextClassificationData
+from distillkit.engine import Distiller, EngineSettings
+from distillkit.errors import ConfigError
+from distillkit.io import write_dir, write_json
+from distillkit.losses import DistillationLoss
+from distillkit.models import ModelBundle, pretrained_classifier, update_weights_digest
+from distillkit.schedules import warmup_schedule
+
+log = logging.getLogger(__name__)
+MODES = ("auto", True, False)
+
+
+@dataclass
+class FinetuneSettings:
+    """How the teacher stage trains the teacher (``teacher.finetune_settings``).
+
+    Attributes:
+        epochs: passes over the train split.
+        batch_size: examples per step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: linear warm-up fraction of the steps, then linear decay.
+    """
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+
+
+def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: FinetuneSettings,
+              seed: int) -> str:
+    """Hash of everything that determines the fine-tuned teacher."""
+    digest = hashlib.sha256()
+    update_weights_digest(teacher.model, digest)
+    raw = data.raw["train"]
+    meta = {"vocab": sorted(teacher.tokenizer.get_vocab().items()), "labels": data.labels,
+            "max_length": data.max_length, "settings": dataclasses.asdict(settings),
+            "seed": seed, "columns": {c: raw[c] for c in raw.column_names}}
+    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+def _finetune(teacher: ModelBundle, data: TextClassificationData, settings: FinetuneSettings,
+              engine: EngineSettings) -> tuple[dict, float]:
+    loop = dataclasses.replace(engine, epochs=settings.epochs, max_steps=None,
+                               batch_size=settings.batch_size, eval_every_steps=None)
+    distiller = Distiller(
+        student=teacher.model, teacher=None, loss=DistillationLoss(kd=None, alpha=0.0),
+        optimizer_factory=partial(torch.optim.AdamW, lr=settings.lr,
+                                  weight_decay=settings.weight_decay),
+        scheduler_factory=partial(warmup_schedule, name="linear",
+                                  warmup_ratio=settings.warmup_ratio),
+        settings=loop,
+    )
+    train = data.loader("train", loop.batch_size, shuffle=True, seed=loop.seed,
+                        num_workers=loop.num_workers)
+    result = distiller.fit(train, desc="fine-tune teacher")
+    metrics = distiller.evaluate(teacher.model, data.loader("eval", loop.eval_batch_size),
+                                 desc="eval fine-tuned teacher")
+    return metrics, result.train_seconds
+
+
+def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSettings,
+                    data: TextClassificationData, engine: EngineSettings) -> ModelBundle:
+    """Returns a teacher ready to distil from: as given, from the cache, or fine-tuned now.
+
+    Args:
+        teacher: the teacher as built from its config.
+        mode: ``auto`` (fine-tune when the head is untrained), ``true`` or ``false``.
+        settings: fine-tune settings.
+        data: the task data, already tokenised with the teacher's tokenizer.
+        engine: the run's loop settings (device, precision, seed, progress).
+    """
+    if mode not in MODES:
+        raise ConfigError(f"teacher.finetune={mode!r} must be auto, true or false")
+    needed = mode is True or (mode == "auto" and not teacher.trained_head)
+    if not needed:
+        if not teacher.trained_head:
+            log.warning("teacher '%s' has an untrained head and teacher.finetune=false: "
+                        "its soft labels are noise", teacher.name)
+        return teacher
+    key = cache_key(teacher, data, settings, engine.seed)
+    path = cache_root() / "teachers" / key
+    if (path / "finetune.json").is_file():
+        info = json.loads((path / "finetune.json").read_text())
+        log.info("reusing fine-tuned teacher from cache %s (key %s, eval accuracy %.4f)",
+                 path, key, info["eval"]["accuracy"])
+    else:
+        log.info("fine-tuning teacher '%s' on %d examples (%d epoch(s)); cache key %s",
+                 teacher.name, len(data.raw["train"]), settings.epochs, key)
+        metrics, seconds = _finetune(teacher, data, settings, engine)
+        log.info("fine-tuned teacher eval accuracy %.4f (%.0fs)", metrics["accuracy"], seconds)
+
+        def save(tmp: Path) -> None:
+            teacher.model.save_pretrained(tmp)
+            teacher.tokenizer.save_pretrained(tmp)
+            write_json(tmp / "finetune.json", {
+                "key": key, "teacher": teacher.name, "settings": dataclasses.asdict(settings),
+                "train_examples": len(data.raw["train"]), "eval": metrics,
+                "seconds": round(seconds, 1)})
+        write_dir(path, save)
+    cached = pretrained_classifier(str(path), labels=data.labels)
+    cached.name = f"{teacher.name} fine-tuned [{key}]"
+    return cached

@@ -1,0 +1,141 @@
+"""The offline default's pieces: SNLI splits, students copied from the teacher, teacher cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distillkit.assets import ASSETS, MARKER
+from distillkit.data import snli
+from distillkit.errors import ConfigError
+from distillkit.models import student_from_teacher, tiny_teacher
+from tests.conftest import TINY_RUN, run_cli
+
+LABELS = ["entailment", "neutral", "contradiction"]
+
+
+@pytest.fixture
+def fake_snli(tmp_path, monkeypatch):
+    """A cached 'snli' asset with 40 training pairs and 6 test pairs (no download)."""
+    monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "assets" / "snli"
+    root.mkdir(parents=True)
+
+    def rows(n, prefix):
+        return "".join(json.dumps({"sentence1": f"{prefix} premise {i}", "sentence2": "h",
+                                   "gold_label": LABELS[i % 3] if i % 10 else "-",
+                                   "pairID": f"{prefix}{i}"}) + "\n" for i in range(n))
+
+    (root / "snli_1.0_train_subset.jsonl").write_text(rows(40, "tr"))
+    (root / "snli_1.0_test.jsonl").write_text(rows(6, "te"))
+    (root / MARKER).write_text(json.dumps({"sha256": ASSETS["snli"].sha256}))
+    return root
+
+
+def test_snli_splits_are_deterministic_and_disjoint(fake_snli):
+    a = snli(train_size=20, validation_size=8, seed=1, fetch=False)
+    b = snli(train_size=20, validation_size=8, seed=1, fetch=False)
+    assert {k: len(v) for k, v in a.items()} == {"train": 20, "validation": 8, "test": 6,
+                                                  "transfer": 12}
+    assert a["validation"]["pairID"] == b["validation"]["pairID"]
+    ids = [set(a[s]["pairID"]) for s in ("train", "validation", "transfer")]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert snli(train_size=20, validation_size=8, seed=2, fetch=False)["validation"][
+        "pairID"] != a["validation"]["pairID"]
+
+
+def test_student_copies_chosen_teacher_layers():
+    teacher = tiny_teacher(num_layers=4, labels=LABELS)
+    student = student_from_teacher([1, 3], teacher=teacher, labels=LABELS)
+    assert student.model.config.num_hidden_layers == 2
+    t_layers, s_layers = teacher.model.bert.encoder.layer, student.model.bert.encoder.layer
+    for s_i, t_i in enumerate([1, 3]):
+        for (name, p), q in zip(s_layers[s_i].named_parameters(), t_layers[t_i].parameters(),
+                                strict=True):
+            assert torch.equal(p, q), name
+    assert student.model.bert.encoder.layer[0] is not t_layers[1], "a copy, not shared"
+    assert len(teacher.model.bert.encoder.layer) == 4, "teacher untouched"
+
+
+@pytest.mark.parametrize("layers", [[], [0, 4], [2, 1], [1, 1]])
+def test_student_layer_choice_validated(layers):
+    teacher = tiny_teacher(num_layers=4, labels=LABELS)
+    with pytest.raises(ConfigError, match=r"student.layers.*\[0, 3\]"):
+        student_from_teacher(layers, teacher=teacher, labels=LABELS)
+
+
+@pytest.mark.e2e
+def test_teacher_finetuned_once_then_reused(tmp_path):
+    args = [*TINY_RUN, "trainer.max_steps=2", "export_student=false", "student=copy3",
+            "student.layers=[0]"]
+    first = run_cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "fine-tuning teacher" in first.stdout
+    second = run_cli([*args, "loss.temperature=2", f"hydra.run.dir={tmp_path / 'b'}"],
+                     cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "reusing fine-tuned teacher" in second.stdout
+    assert "fine-tuning teacher" not in second.stdout
+    cached = list((tmp_path / "dk-cache" / "teachers").glob("*/config.json"))
+    assert len(cached) == 1
+    m = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("a", "b")]
+    assert m[0]["teacher"]["accuracy"] == m[1]["teacher"]["accuracy"]
+
+
+@pytest.mark.assets
+@pytest.mark.e2e
+def test_real_teacher_and_snli_on_a_slice(tmp_path):
+    """The packaged MiniLM-L6 teacher + SNLI through the CLI, on a few examples."""
+    from distillkit.assets import cache_root
+
+    run_dir = tmp_path / "run"
+    proc = run_cli(["data.source.train_size=64", "data.source.validation_size=32",
+                    "data.max_eval_samples=32", "trainer.max_steps=2", "trainer.progress=false",
+                    "teacher.finetune_settings.batch_size=16", f"hydra.run.dir={run_dir}"],
+                   cwd=tmp_path, env={"DISTILLKIT_CACHE": str(cache_root())})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["params"]["teacher"] == pytest.approx(22.7e6, rel=0.01)
+    assert metrics["eval_split"] == "test" and metrics["teacher"]["examples"] == 32
+    assert metrics["inference"]["speedup"] > 0
+
+
+@pytest.mark.e2e
+def test_cached_teacher_logits_match_live_teacher(tmp_path):
+    """Distilling from cached logits gives the same student as a live teacher, and the second
+    job over the same teacher and data reads the cache instead of running the teacher."""
+    args = [*TINY_RUN, "trainer.max_steps=6", "export_student=false", "data.transfer_split=null"]
+    live = run_cli([*args, "trainer.teacher_cache=false", f"hydra.run.dir={tmp_path / 'live'}"],
+                   cwd=tmp_path)
+    cached = run_cli([*args, f"hydra.run.dir={tmp_path / 'c1'}"], cwd=tmp_path)
+    again = run_cli([*args, "loss.temperature=2", f"hydra.run.dir={tmp_path / 'c2'}"],
+                    cwd=tmp_path)
+    for proc in (live, cached, again):
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "teacher logits" not in live.stdout
+    assert "computed in" in cached.stdout and "read from cache" in again.stdout
+    m_live, m_cached = (json.loads((tmp_path / d / "metrics.json").read_text())
+                        for d in ("live", "c1"))
+    assert m_live["student"]["accuracy"] == m_cached["student"]["accuracy"]
+    assert m_live["train"]["last_losses"]["kd"] == pytest.approx(
+        m_cached["train"]["last_losses"]["kd"], rel=1e-4)
+
+
+def test_transfer_split_hides_labels_and_joins_distillation(fake_snli):
+    from functools import partial
+
+    from distillkit.data import TextClassificationData
+    from distillkit.models.tokenizers import tiny_tokenizer
+
+    data = TextClassificationData(partial(snli, train_size=20, validation_size=8, fetch=False),
+                                  text_column="sentence1", text_pair_column="sentence2",
+                                  label_column="gold_label", labels=LABELS, drop_labels=["-"],
+                                  transfer_split="transfer")
+    data.tokenize(tiny_tokenizer())
+    assert set(data.raw["transfer"]["labels"]) == {-100}
+    assert len(data.raw["transfer"]) == 12, "transfer rows are kept even with gold label '-'"
+    n_distil = sum(len(b["labels"]) for b in data.loader("distil", 8))
+    assert n_distil == len(data.raw["train"]) + 12
+    assert len(data.loader("train", 8).dataset) == len(data.raw["train"])
