@@ -80,8 +80,13 @@ def test_teacher_finetuned_once_then_reused(tmp_path):
     assert "fine-tuning teacher" not in second.stdout
     cached = list((tmp_path / "dk-cache" / "teachers").glob("*/config.json"))
     assert len(cached) == 1
-    m = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("a", "b")]
+    third = run_cli([*args, f"hydra.run.dir={tmp_path / 'c'}"], cwd=tmp_path)
+    assert third.returncode == 0, third.stdout[-2000:]
+    m = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("a", "b", "c")]
     assert m[0]["teacher"]["accuracy"] == m[1]["teacher"]["accuracy"]
+    # a run that reuses the teacher gives exactly what the run that trained it gave
+    assert m[2]["train"]["last_losses"] == m[0]["train"]["last_losses"]
+    assert m[2]["student"] | {"seconds": 0} == m[0]["student"] | {"seconds": 0}
 
 
 @pytest.mark.assets
@@ -92,7 +97,8 @@ def test_real_teacher_and_snli_on_a_slice(tmp_path):
 
     run_dir = tmp_path / "run"
     proc = run_cli(["data.source.train_size=64", "data.source.validation_size=32",
-                    "data.max_eval_samples=32", "trainer.max_steps=2", "trainer.progress=false",
+                    "data.max_eval_samples=32", "data.max_transfer_samples=32",
+                    "trainer.max_steps=2", "trainer.progress=false",
                     "teacher.finetune_settings.batch_size=16", f"hydra.run.dir={run_dir}"],
                    cwd=tmp_path, env={"DISTILLKIT_CACHE": str(cache_root())})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -139,3 +145,18 @@ def test_transfer_split_hides_labels_and_joins_distillation(fake_snli):
     n_distil = sum(len(b["labels"]) for b in data.loader("distil", 8))
     assert n_distil == len(data.raw["train"]) + 12
     assert len(data.loader("train", 8).dataset) == len(data.raw["train"])
+
+
+def test_copy_init_pretrained_uses_weights_from_before_finetuning():
+    from distillkit.models import ModelBundle
+
+    pretrained = tiny_teacher(num_layers=2, labels=LABELS)
+    finetuned = tiny_teacher(num_layers=2, labels=LABELS)  # other random weights
+    teacher = ModelBundle(finetuned.model, pretrained.tokenizer, "ft", True, initial=pretrained)
+    for init, source in (("pretrained", pretrained), ("finetuned", finetuned)):
+        student = student_from_teacher([1], init=init, teacher=teacher, labels=LABELS)
+        got = student.model.bert.encoder.layer[0].attention.self.query.weight
+        want = source.model.bert.encoder.layer[1].attention.self.query.weight
+        assert torch.equal(got, want), init
+    with pytest.raises(ConfigError, match="student.init"):
+        student_from_teacher([1], init="random", teacher=teacher, labels=LABELS)

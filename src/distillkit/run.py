@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
@@ -76,6 +75,7 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     data.tokenize(teacher.tokenizer)
     _stage("teacher")
     teacher = prepare_teacher(teacher, mode, ft_settings, data, settings)
+    set_seed(settings.seed)  # the student starts alike whether the teacher was trained or loaded
     student: ModelBundle = instantiate(cfg.student)(teacher=teacher, labels=labels)
     check_compatible(teacher, student)
     pairs = instantiate(cfg.mapping)(teacher_layers=teacher.num_layers,
@@ -109,7 +109,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     (out_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     settings = engine_settings(cfg.trainer)
     set_seed(settings.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     _stage("build")
     built = build(cfg, settings)

@@ -11,6 +11,7 @@ training again.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -20,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from transformers import set_seed
 
 from distillkit.assets import cache_root
 from distillkit.data import TextClassificationData
@@ -66,12 +68,13 @@ def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: Fine
     return digest.hexdigest()[:20]
 
 
-def _finetune(teacher: ModelBundle, data: TextClassificationData, settings: FinetuneSettings,
-              engine: EngineSettings) -> tuple[dict, float]:
+def _finetune(model: torch.nn.Module, data: TextClassificationData,
+              settings: FinetuneSettings, engine: EngineSettings) -> tuple[dict, float]:
     loop = dataclasses.replace(engine, epochs=settings.epochs, max_steps=None,
                                batch_size=settings.batch_size, eval_every_steps=None)
+    set_seed(loop.seed)
     distiller = Distiller(
-        student=teacher.model, teacher=None, loss=DistillationLoss(kd=None, alpha=0.0),
+        student=model, teacher=None, loss=DistillationLoss(kd=None, alpha=0.0),
         optimizer_factory=partial(torch.optim.AdamW, lr=settings.lr,
                                   weight_decay=settings.weight_decay),
         scheduler_factory=partial(warmup_schedule, name="linear",
@@ -81,7 +84,7 @@ def _finetune(teacher: ModelBundle, data: TextClassificationData, settings: Fine
     train = data.loader("train", loop.batch_size, shuffle=True, seed=loop.seed,
                         num_workers=loop.num_workers)
     result = distiller.fit(train, desc="fine-tune teacher")
-    metrics = distiller.evaluate(teacher.model, data.loader("eval", loop.eval_batch_size),
+    metrics = distiller.evaluate(model, data.loader("eval", loop.eval_batch_size),
                                  desc="eval fine-tuned teacher")
     return metrics, result.train_seconds
 
@@ -114,11 +117,12 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
     else:
         log.info("fine-tuning teacher '%s' on %d examples (%d epoch(s)); cache key %s",
                  teacher.name, len(data.raw["train"]), settings.epochs, key)
-        metrics, seconds = _finetune(teacher, data, settings, engine)
+        model = copy.deepcopy(teacher.model)  # the pretrained weights stay for the student
+        metrics, seconds = _finetune(model, data, settings, engine)
         log.info("fine-tuned teacher eval accuracy %.4f (%.0fs)", metrics["accuracy"], seconds)
 
         def save(tmp: Path) -> None:
-            teacher.model.save_pretrained(tmp)
+            model.save_pretrained(tmp)
             teacher.tokenizer.save_pretrained(tmp)
             write_json(tmp / "finetune.json", {
                 "key": key, "teacher": teacher.name, "settings": dataclasses.asdict(settings),
@@ -127,4 +131,5 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
         write_dir(path, save)
     cached = pretrained_classifier(str(path), labels=data.labels)
     cached.name = f"{teacher.name} fine-tuned [{key}]"
+    cached.initial = teacher
     return cached

@@ -223,7 +223,9 @@ class TextClassificationData:
         """
         if self.tokenizer is None:
             raise RuntimeError("call tokenize(tokenizer) before loader()")
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        # Always an own generator: iterating a loader then never draws from the global RNG,
+        # so dropout and initialisation do not depend on which loaders ran before.
+        generator = torch.Generator().manual_seed(seed)
         if role == "distil":
             parts = [self.tokenized[r] for r in self.distil_roles()]
             dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)

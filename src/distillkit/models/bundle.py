@@ -20,12 +20,15 @@ class ModelBundle:
         name: a human-readable description for logs (hub name, path or builder).
         trained_head: whether the classification head was trained on the task (False for a
             fresh head, which the run's teacher stage fine-tunes).
+        initial: for a teacher fine-tuned by the teacher stage, the bundle as it was before
+            (pretrained weights), which students may be initialised from.
     """
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     name: str
     trained_head: bool = False
+    initial: ModelBundle | None = None
 
     @property
     def num_layers(self) -> int:

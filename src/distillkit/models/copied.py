@@ -23,23 +23,32 @@ def _layer_list(model: nn.Module) -> tuple[nn.Module, str]:
     )
 
 
-def student_from_teacher(layers: list[int], *, teacher: ModelBundle,
+INITS = ("pretrained", "finetuned")
+
+
+def student_from_teacher(layers: list[int], init: str = "pretrained", *, teacher: ModelBundle,
                          labels: list[str]) -> ModelBundle:
     """A student with the teacher's embeddings, head and the chosen encoder layers.
 
     As in DistilBERT (Sanh et al., 2019), the student is initialised from the teacher by
     taking one layer out of two; here any subset can be chosen (0-based teacher layer
-    indices, e.g. ``[0, 2, 4]`` of a 6-layer teacher). The copy is taken from the teacher as it
-    is when the student is built, i.e. after the teacher stage fine-tuned it.
+    indices, e.g. ``[0, 2, 4]`` of a 6-layer teacher).
 
     Args:
         layers: teacher layer indices to keep, in order.
+        init: ``pretrained`` copies the teacher's weights from before the teacher stage
+            fine-tuned it (DistilBERT's recipe: the student learns the task by distillation);
+            ``finetuned`` copies the task-trained teacher (a strong start that leaves little
+            for distillation to add). Without a teacher stage both are the same.
         teacher: the teacher bundle (its tokenizer is shared).
         labels: label names (must match the teacher's head).
 
     Raises:
-        ConfigError: for an empty, unsorted or out-of-range layer list.
+        ConfigError: for an empty, unsorted or out-of-range layer list or an unknown init.
     """
+    if init not in INITS:
+        raise ConfigError(f"student.init='{init}' must be one of {', '.join(INITS)}")
+    source = teacher.initial if init == "pretrained" and teacher.initial else teacher
     n = teacher.num_layers
     layers = [int(i) for i in layers]
     if not layers or any(not 0 <= i < n for i in layers) or layers != sorted(set(layers)):
@@ -49,10 +58,10 @@ def student_from_teacher(layers: list[int], *, teacher: ModelBundle,
         )
     if teacher.model.config.num_labels != len(labels):
         raise ConfigError("the teacher's head does not match the data's labels")
-    model = copy.deepcopy(teacher.model)
+    model = copy.deepcopy(source.model)
     encoder, attr = _layer_list(model)
     setattr(encoder, attr, nn.ModuleList(getattr(encoder, attr)[i] for i in layers))
     model.config.num_hidden_layers = len(layers)
     return ModelBundle(model=model, tokenizer=teacher.tokenizer,
-                       name=f"{len(layers)} layers {layers} copied from {teacher.name}",
-                       trained_head=teacher.trained_head)
+                       name=f"{len(layers)} layers {layers} copied from {source.name}",
+                       trained_head=source.trained_head)
