@@ -160,3 +160,11 @@ def test_copy_init_pretrained_uses_weights_from_before_finetuning():
         assert torch.equal(got, want), init
     with pytest.raises(ConfigError, match="student.init"):
         student_from_teacher([1], init="random", teacher=teacher, labels=LABELS)
+
+
+def test_finetune_settings_refuse_unknown_keys():
+    from distillkit.teacher_stage import FinetuneSettings
+
+    assert FinetuneSettings.from_config({"lr": 1e-3}).lr == 1e-3
+    with pytest.raises(ConfigError, match=r"\['lrr'\] in teacher.finetune_settings"):
+        FinetuneSettings.from_config({"lrr": 1e-3})

@@ -70,7 +70,7 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     labels = data.labels
     teacher_cfg = OmegaConf.to_container(cfg.teacher, resolve=True)
     mode = teacher_cfg.pop("finetune", "auto")
-    ft_settings = FinetuneSettings(**(teacher_cfg.pop("finetune_settings", None) or {}))
+    ft_settings = FinetuneSettings.from_config(teacher_cfg.pop("finetune_settings", None))
     teacher: ModelBundle = instantiate(teacher_cfg)(labels=labels)
     data.tokenize(teacher.tokenizer)
     _stage("teacher")

@@ -54,6 +54,17 @@ class FinetuneSettings:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
 
+    @classmethod
+    def from_config(cls, values: dict | None) -> FinetuneSettings:
+        """Builds the settings, refusing unknown keys with a message naming them."""
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in teacher.finetune_settings; "
+                              f"valid keys: {', '.join(sorted(known))}")
+        return cls(**values)
+
 
 def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: FinetuneSettings,
               seed: int) -> str:
