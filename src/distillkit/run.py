@@ -84,8 +84,9 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     if data.has_split("transfer") and not loss.needs_teacher:
         log.info("transfer split ignored: this loss uses no teacher to label it")
         data.drop_transfer()
-    if (cfg.trainer.get("teacher_cache", True) and loss.needs_teacher
-            and loss.required_features() <= {"logits"}):
+    cached_logits = bool(cfg.trainer.get("teacher_cache", True) and loss.needs_teacher
+                         and loss.required_features() <= {"logits"})
+    if cached_logits:
         _stage("teacher outputs")
         attach_teacher_logits(teacher, data, settings)
     log.info("teacher: %s (%d layers, %s params)", teacher.name, teacher.num_layers,
@@ -93,7 +94,8 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     log.info("student: %s (%d layers, %s params)", student.name, student.num_layers,
              f"{count_parameters(student.model):,}")
     log.info("labels: %s; layer mapping (student, teacher): %s", labels, pairs or "none")
-    return {"data": data, "teacher": teacher, "student": student, "pairs": pairs, "loss": loss}
+    return {"data": data, "teacher": teacher, "student": student, "pairs": pairs, "loss": loss,
+            "cached_logits": cached_logits}
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -126,7 +128,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     try:
         distiller = Distiller(
             student=student.model,
-            teacher=teacher.model,
+            # with cached logits in every batch the loop never needs the live teacher
+            teacher=None if built["cached_logits"] else teacher.model,
             loss=built["loss"],
             optimizer_factory=instantiate(cfg.trainer.optimizer),
             scheduler_factory=instantiate(cfg.trainer.scheduler),
