@@ -8,21 +8,29 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Writes ``data`` as JSON atomically (temp file + rename): readers never see half a file."""
+def write_file(path: Path, writer: Callable[[IO[bytes]], None]) -> None:
+    """Writes a file through ``writer(binary_handle)`` atomically (temp file + rename).
+
+    Readers never see half a file; on any failure the temp file is removed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+        with os.fdopen(fd, "wb") as fh:
+            writer(fh)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Writes ``data`` as JSON atomically (see :func:`write_file`)."""
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    write_file(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def write_dir(path: Path, writer: Callable[[Path], None]) -> None:

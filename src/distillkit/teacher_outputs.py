@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import time
 
 import numpy as np
@@ -22,15 +20,22 @@ import torch
 from distillkit.assets import cache_root
 from distillkit.data import TextClassificationData
 from distillkit.engine import EngineSettings, predict_logits
+from distillkit.io import write_file
 from distillkit.models import ModelBundle, update_weights_digest
 
 log = logging.getLogger(__name__)
 
 
-def _key(teacher: ModelBundle, data: TextClassificationData, role: str,
-         dtype: torch.dtype | None) -> str:
+def _weights_digest(teacher: ModelBundle) -> hashlib._Hash:
     digest = hashlib.sha256()
     update_weights_digest(teacher.model, digest)
+    return digest
+
+
+def _key(weights: hashlib._Hash, data: TextClassificationData, role: str,
+         dtype: torch.dtype | None) -> str:
+    """Cache key: the teacher's weights digest plus the split's token ids and preprocessing."""
+    digest = weights.copy()
     ds = data.tokenized[role]
     for column in ("input_ids", "token_type_ids"):
         if column in ds.column_names:
@@ -39,18 +44,6 @@ def _key(teacher: ModelBundle, data: TextClassificationData, role: str,
                 digest.update(b"|")
     digest.update(f"{data.max_length}|{dtype}".encode())
     return digest.hexdigest()[:24]
-
-
-def _save(path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
@@ -65,8 +58,9 @@ def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
     """
     device = settings.resolve_device()
     dtype = settings.autocast_dtype(device)
+    weights = _weights_digest(teacher)  # hashed once, shared by every split's key
     for role in data.distil_roles():
-        key = _key(teacher, data, role, dtype)
+        key = _key(weights, data, role, dtype)
         path = cache_root() / "teacher_outputs" / f"{key}.npy"
         if path.is_file():
             logits = np.load(path, mmap_mode="r")
@@ -78,7 +72,7 @@ def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
             logits = predict_logits(teacher.model, loader, device, dtype,
                                     desc=f"teacher logits {role}",
                                     progress=settings.progress).numpy()
-            _save(path, logits)
+            write_file(path, lambda fh, a=logits: np.save(fh, a))
             log.info("teacher logits for '%s' (%d x %d) computed in %.0fs, cached at %s",
                      role, *logits.shape, time.perf_counter() - start, path)
         data.attach_teacher_logits(role, logits)
