@@ -117,7 +117,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     data, teacher, student = built["data"], built["teacher"], built["student"]
     write_json(out_dir / "mapping.json", {"pairs": [list(p) for p in built["pairs"]]})
     train_loader = data.loader("distil", settings.batch_size, shuffle=True, seed=settings.seed,
-                               num_workers=settings.num_workers)
+                               num_workers=settings.num_workers,
+                               by_length=settings.group_by_length)
     eval_loader = data.loader("eval", settings.eval_batch_size,
                               num_workers=settings.num_workers)
     final_role = "test" if data.has_split("test") else "eval"

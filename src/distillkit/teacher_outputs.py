@@ -19,6 +19,7 @@ import torch
 
 from distillkit.assets import cache_root
 from distillkit.data import TextClassificationData
+from distillkit.data.sampling import restore_order
 from distillkit.engine import EngineSettings, predict_logits
 from distillkit.io import write_file
 from distillkit.models import ModelBundle, update_weights_digest
@@ -72,6 +73,7 @@ def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
             logits = predict_logits(teacher.model, loader, device, dtype,
                                     desc=f"teacher logits {role}",
                                     progress=settings.progress).numpy()
+            logits = restore_order(loader.batch_sampler, logits)  # length-sorted batches
             write_file(path, lambda fh, a=logits: np.save(fh, a))
             log.info("teacher logits for '%s' (%d x %d) computed in %.0fs, cached at %s",
                      role, *logits.shape, time.perf_counter() - start, path)

@@ -67,14 +67,17 @@ class FinetuneSettings:
 
 
 def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: FinetuneSettings,
-              seed: int) -> str:
-    """Hash of everything that determines the fine-tuned teacher."""
+              seed: int, precision: str = "fp32") -> str:
+    """Hash of everything that determines the fine-tuned teacher.
+
+    ``precision`` is the autocast dtype the fine-tune ran under (``fp32`` when none).
+    """
     digest = hashlib.sha256()
     update_weights_digest(teacher.model, digest)
     raw = data.raw["train"]
     meta = {"vocab": sorted(teacher.tokenizer.get_vocab().items()), "labels": data.labels,
             "max_length": data.max_length, "settings": dataclasses.asdict(settings),
-            "seed": seed, "columns": {c: raw[c] for c in raw.column_names}}
+            "seed": seed, "precision": precision, "columns": {c: raw[c] for c in raw.column_names}}
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
 
@@ -93,7 +96,7 @@ def _finetune(model: torch.nn.Module, data: TextClassificationData,
         settings=loop,
     )
     train = data.loader("train", loop.batch_size, shuffle=True, seed=loop.seed,
-                        num_workers=loop.num_workers)
+                        num_workers=loop.num_workers, by_length=loop.group_by_length)
     result = distiller.fit(train, desc="fine-tune teacher")
     metrics = distiller.evaluate(model, data.loader("eval", loop.eval_batch_size),
                                  desc="eval fine-tuned teacher")
@@ -119,7 +122,8 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
             log.warning("teacher '%s' has an untrained head and teacher.finetune=false: "
                         "its soft labels are noise", teacher.name)
         return teacher
-    key = cache_key(teacher, data, settings, engine.seed)
+    dtype = engine.autocast_dtype(engine.resolve_device())
+    key = cache_key(teacher, data, settings, engine.seed, str(dtype or "fp32"))
     path = cache_root() / "teachers" / key
     if (path / "finetune.json").is_file():
         info = json.loads((path / "finetune.json").read_text())

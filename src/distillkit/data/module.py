@@ -10,6 +10,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from distillkit.data.sampling import LengthGroupedBatchSampler, SortedBatchSampler
 from distillkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -207,9 +208,14 @@ class TextClassificationData:
         self.tokenized[role] = ds.add_column("teacher_logits", [list(map(float, r))
                                                                  for r in logits])
 
+    def lengths(self, role: str) -> list[int]:
+        """Token count of every example of a tokenised split (``distil``: train + transfer)."""
+        roles = self.distil_roles() if role == "distil" else [role]
+        return [len(ids) for r in roles for ids in self.tokenized[r]["input_ids"]]
+
     def loader(
         self, role: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-        num_workers: int = 0,
+        num_workers: int = 0, by_length: bool = True,
     ) -> DataLoader:
         """A DataLoader over a tokenised split with dynamic padding.
 
@@ -220,6 +226,10 @@ class TextClassificationData:
             shuffle: reshuffle every epoch (seeded with ``seed``).
             seed: shuffling seed.
             num_workers: DataLoader worker processes.
+            by_length: batch examples of similar length together (see
+                :mod:`distillkit.data.sampling`): with ``shuffle``, random length-grouped
+                batches; without, batches in length order (per-example outputs go back in
+                dataset order with :func:`~distillkit.data.sampling.restore_order`).
         """
         if self.tokenizer is None:
             raise RuntimeError("call tokenize(tokenizer) before loader()")
@@ -231,11 +241,13 @@ class TextClassificationData:
             dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
         else:
             dataset = self.tokenized[role]
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            collate_fn=DataCollatorWithPadding(self.tokenizer, return_tensors="pt"),
-            num_workers=num_workers,
-        )
+        collate = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
+        if by_length:
+            lengths = self.lengths(role)
+            sampler = (LengthGroupedBatchSampler(lengths, batch_size, generator) if shuffle
+                       else SortedBatchSampler(lengths, batch_size))
+            # the generator also seeds worker processes: iterating never touches the global RNG
+            return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                              generator=generator, num_workers=num_workers)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          collate_fn=collate, num_workers=num_workers)

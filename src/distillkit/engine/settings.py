@@ -31,6 +31,8 @@ class EngineSettings:
             ``bf16`` (autocast).
         progress: show progress bars.
         num_workers: DataLoader worker processes.
+        group_by_length: training batches group examples of similar length (random batches,
+            far less padding; evaluation and inference batches are always length-sorted).
     """
 
     epochs: int = 1
@@ -46,6 +48,7 @@ class EngineSettings:
     precision: str = "auto"
     progress: bool = True
     num_workers: int = 0
+    group_by_length: bool = True
 
     def validate(self) -> None:
         """Raises ConfigError for out-of-range values."""
