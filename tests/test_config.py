@@ -86,3 +86,16 @@ def test_hydra_output_layout(compose_cfg):
     assert cfg.hydra.run.dir.startswith("outputs/")
     assert cfg.hydra.sweep.dir.startswith("outputs/multirun/")
     assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.override_dirname}"
+
+
+@pytest.mark.parametrize("loss", ["mmd", "tinybert", "hidden"])
+def test_intermediate_presets_pick_uniform_mapping_unless_overridden(compose_cfg, loss):
+    assert compose_cfg([f"loss={loss}"]).mapping._target_.endswith("uniform_mapping")
+    assert compose_cfg([f"loss={loss}", "mapping=last"]).mapping._target_.endswith(
+        "last_mapping")
+    assert compose_cfg(["loss=kd"]).mapping._target_.endswith("none_mapping")
+
+
+def test_intermediate_keys_are_typed(compose_cfg):
+    with pytest.raises(ConfigCompositionException, match="intermediate_phase"):
+        compose_cfg(["loss=tinybert", "loss.intermediate_phase=half"])

@@ -20,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from transformers import set_seed
 
 from distillkit.engine import Distiller, EngineSettings
+from distillkit.errors import ConfigError
 from distillkit.io import write_dir, write_json
 from distillkit.models import ModelBundle, check_compatible, count_parameters
 from distillkit.teacher_outputs import attach_teacher_logits
@@ -60,11 +61,30 @@ def _format_summary(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _student_and_pairs(cfg: DictConfig, teacher: ModelBundle, labels: list[str],
+                       loss: Any, seed: int) -> tuple[ModelBundle, list]:
+    """Builds the student, resolves the layer mapping and binds the loss to it."""
+    set_seed(seed)  # the student (and any projection) starts alike in every run
+    student: ModelBundle = instantiate(cfg.student)(teacher=teacher, labels=labels)
+    check_compatible(teacher, student)
+    pairs = instantiate(cfg.mapping)(teacher_layers=teacher.num_layers,
+                                     student_layers=student.num_layers)
+    bind = getattr(loss, "bind", None)
+    if bind is not None:
+        bind(pairs, student_width=int(student.model.config.hidden_size),
+             teacher_width=int(teacher.model.config.hidden_size))
+    elif pairs:
+        raise ConfigError(f"loss {type(loss).__name__} takes no layer mapping; use mapping=none")
+    return student, pairs
+
+
 def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     """Builds data and teacher, runs the teacher stage, then builds student, mapping and loss.
 
-    The data comes back tokenised with the teacher's tokenizer and, for logit-only losses with
-    ``trainer.teacher_cache`` on, with the teacher's cached logits attached.
+    Student, mapping and loss are checked against the teacher before the teacher stage, so a
+    bad layer index or loss setting fails before any training. The data comes back tokenised
+    with the teacher's tokenizer and, for logit-only losses with ``trainer.teacher_cache`` on,
+    with the teacher's cached logits attached.
     """
     data = instantiate(cfg.data)
     labels = data.labels
@@ -72,15 +92,12 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     mode = teacher_cfg.pop("finetune", "auto")
     ft_settings = FinetuneSettings.from_config(teacher_cfg.pop("finetune_settings", None))
     teacher: ModelBundle = instantiate(teacher_cfg)(labels=labels)
+    loss = instantiate(cfg.loss)
+    _student_and_pairs(cfg, teacher, labels, loss, settings.seed)  # fail fast, before training
     data.tokenize(teacher.tokenizer)
     _stage("teacher")
     teacher = prepare_teacher(teacher, mode, ft_settings, data, settings)
-    set_seed(settings.seed)  # the student starts alike whether the teacher was trained or loaded
-    student: ModelBundle = instantiate(cfg.student)(teacher=teacher, labels=labels)
-    check_compatible(teacher, student)
-    pairs = instantiate(cfg.mapping)(teacher_layers=teacher.num_layers,
-                                     student_layers=student.num_layers)
-    loss = instantiate(cfg.loss)
+    student, pairs = _student_and_pairs(cfg, teacher, labels, loss, settings.seed)
     if data.has_split("transfer") and not loss.needs_teacher:
         log.info("transfer split ignored: this loss uses no teacher to label it")
         data.drop_transfer()
@@ -93,7 +110,10 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
              f"{count_parameters(teacher.model):,}")
     log.info("student: %s (%d layers, %s params)", student.name, student.num_layers,
              f"{count_parameters(student.model):,}")
-    log.info("labels: %s; layer mapping (student, teacher): %s", labels, pairs or "none")
+    log.info("labels: %s; layer mapping (student-teacher): %s", labels,
+             ", ".join(f"{p.student}-{p.teacher}" for p in pairs) or "none")
+    if hasattr(loss, "intermediate"):
+        log.info("intermediate terms: %s", loss.intermediate.describe())
     return {"data": data, "teacher": teacher, "student": student, "pairs": pairs, "loss": loss,
             "cached_logits": cached_logits}
 
@@ -115,7 +135,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     _stage("build")
     built = build(cfg, settings)
     data, teacher, student = built["data"], built["teacher"], built["student"]
-    write_json(out_dir / "mapping.json", {"pairs": [list(p) for p in built["pairs"]]})
+    write_json(out_dir / "mapping.json", {
+        "pairs": [p.as_dict() for p in built["pairs"]],
+        "plan": [{"term": n, "student": p.student, "teacher": p.teacher, "weight": w}
+                 for n, p, w in getattr(getattr(built["loss"], "intermediate", None), "plan",
+                                        [])]})
     train_loader = data.loader("distil", settings.batch_size, shuffle=True, seed=settings.seed,
                                num_workers=settings.num_workers,
                                by_length=settings.group_by_length)

@@ -17,13 +17,20 @@ from distillkit.engine.settings import EngineSettings
 
 @dataclass
 class LossSchema:
-    """``total = alpha * kd(T) + (1 - alpha) * hard`` (see distillkit.losses.composite)."""
+    """``total = prediction_weight * [alpha * kd(T) + (1 - alpha) * hard] + intermediate``.
+
+    See :mod:`distillkit.losses.composite` for the one weighting schema.
+    """
 
     _target_: str = "distillkit.losses.DistillationLoss"
     temperature: float = 1.0
     alpha: float = 0.5
     kd: Any = None
     hard: Any = None
+    intermediate: Any = None  # name -> term ({_target_, weight}), over the layer mapping
+    projection: Any = None  # partial (student_width, teacher_width) -> module
+    prediction_weight: float = 1.0
+    intermediate_phase: float = 0.0
 
 
 @dataclass

@@ -4,7 +4,9 @@ The engine receives built objects only: a student and an (optional) teacher ``nn
 loss module with ``needs_teacher`` / ``forward(student_out, teacher_out, batch)``, factories
 for the optimizer and scheduler, and data loaders. It knows nothing about which loss, model or
 dataset it runs. A batch that carries ``teacher_logits`` (precomputed teacher outputs) is
-distilled from those instead of a live teacher forward pass.
+distilled from those instead of a live teacher forward pass. Hidden states and attention maps
+are requested from the models only at steps where the loss's ``required_features()`` names
+them; a loss with ``set_progress(step, total_steps)`` hears the step before each update.
 """
 
 from __future__ import annotations
@@ -41,6 +43,18 @@ class TrainResult:
     train_seconds: float
     last_losses: dict[str, float] = field(default_factory=dict)
     evals: list[dict] = field(default_factory=list)
+
+
+def _plain_outputs(out) -> dict:
+    """Model outputs as ordinary tensors (out of inference mode, so the loss may save them for
+    backward): ``logits`` and, when present, the ``hidden_states`` / ``attentions`` tuples."""
+    plain = {}
+    for key, value in out.items():
+        if isinstance(value, torch.Tensor):
+            plain[key] = value.clone()
+        elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+            plain[key] = tuple(v.clone() for v in value)
+    return plain
 
 
 class Distiller:
@@ -92,8 +106,15 @@ class Distiller:
             return int(s.max_steps)
         return max(1, math.ceil(len(train_loader) / s.grad_accum_steps)) * int(s.epochs)
 
-    def _teacher_outputs(self, inputs: dict, batch: dict):
-        if "teacher_logits" in batch:
+    def _flags(self) -> dict[str, bool]:
+        """Which optional model outputs the loss reads at this step."""
+        features = set(getattr(self.loss, "required_features", lambda: {"logits"})())
+        return {"output_hidden_states": "hidden_states" in features,
+                "output_attentions": "attentions" in features}
+
+    def _teacher_outputs(self, inputs: dict, batch: dict, flags: dict[str, bool]):
+        needs_features = any(flags.values())
+        if "teacher_logits" in batch and not needs_features:
             return {"logits": batch["teacher_logits"].to(self.device, non_blocking=True)}
         if self.teacher is None:
             if getattr(self.loss, "needs_teacher", False):
@@ -101,9 +122,8 @@ class Distiller:
                                     "and the batch carries no teacher_logits")
             return None
         with torch.inference_mode(), self._autocast():
-            out = self.teacher(**inputs)
-        # Leave inference mode with ordinary tensors so the loss may save them for backward.
-        return {k: v.clone() for k, v in out.items() if isinstance(v, torch.Tensor)}
+            out = self.teacher(**inputs, **flags)
+        return _plain_outputs(out)
 
     def _log(self, step: int, terms: dict[str, torch.Tensor], total: torch.Tensor,
              lr: float) -> dict[str, float]:
@@ -173,9 +193,12 @@ class Distiller:
             for batch in train_loader:
                 inputs = model_inputs(batch, self.device)
                 batch_on_device = {**inputs, "labels": batch["labels"].to(self.device)}
-                teacher_out = self._teacher_outputs(inputs, batch)
+                if micro % s.grad_accum_steps == 0 and hasattr(self.loss, "set_progress"):
+                    self.loss.set_progress(step, total_steps)
+                flags = self._flags()
+                teacher_out = self._teacher_outputs(inputs, batch, flags)
                 with self._autocast():
-                    student_out = self.student(**inputs)
+                    student_out = self.student(**inputs, **flags)
                     out = self.loss(student_out, teacher_out, batch_on_device)
                 (out.total / s.grad_accum_steps).backward()
                 micro += 1

@@ -1,6 +1,14 @@
 """Distillation losses: small ``nn.Module`` terms and the weighted composite."""
 
 from distillkit.losses.composite import DistillationLoss, LossOutput
+from distillkit.losses.intermediate import (
+    AttentionKL,
+    AttentionMSE,
+    GramMMD,
+    HiddenCosine,
+    HiddenMSE,
+)
+from distillkit.losses.layers import IntermediateTerms
 from distillkit.losses.logits import (
     HardCrossEntropy,
     KLDivergence,
@@ -9,7 +17,13 @@ from distillkit.losses.logits import (
 )
 
 __all__ = [
+    "AttentionKL",
+    "AttentionMSE",
     "DistillationLoss",
+    "GramMMD",
+    "HiddenCosine",
+    "HiddenMSE",
+    "IntermediateTerms",
     "HardCrossEntropy",
     "KLDivergence",
     "LossOutput",

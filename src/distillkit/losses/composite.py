@@ -1,13 +1,21 @@
 """The composite distillation loss and its one weighting schema.
 
-``total = alpha * KD(z_s, z_t; T) + (1 - alpha) * CE(z_s, y)``
+``total = prediction_weight * [alpha * KD(z_s, z_t; T) + (1 - alpha) * CE(z_s, y)]
++ sum over (term, pair) of term.weight * pair.weight * term(student_pair, teacher_pair)``
 
-* ``alpha`` weighs the distillation term; ``1 - alpha`` weighs the hard-label cross-entropy.
-  ``alpha = 0`` is training without a teacher, ``alpha = 1`` is pure distillation.
+* ``alpha`` weighs the logit-distillation term against the hard-label cross-entropy, and
+  nothing else: ``1 - alpha`` weighs the hard term. ``alpha = 0`` is training without a
+  teacher's logits, ``alpha = 1`` is pure logit distillation.
 * ``temperature`` (``T``) softens both distributions inside the KD term only; the KD term
   carries its own ``T**2`` factor where its paper asks for one, so changing ``T`` does not
-  rescale the balance set by ``alpha``.
-* The hard term always uses ``T = 1``.
+  rescale the balance set by ``alpha``. The hard term always uses ``T = 1``.
+* ``prediction_weight`` (default 1) scales the whole prediction-layer part; 0 trains the
+  intermediate terms alone.
+* Intermediate terms (``loss.intermediate``: hidden-state, attention and gram-matrix terms,
+  :mod:`distillkit.losses.intermediate`) run over the resolved layer mapping, each with its own
+  ``weight`` times the pair's optional weight; they are not scaled by ``alpha``.
+* ``intermediate_phase`` > 0 splits training in two, as TinyBERT does: during that fraction of
+  the steps only the intermediate terms train, afterwards only the prediction layer.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ import torch
 from torch import nn
 
 from distillkit.errors import ConfigError
+from distillkit.losses.layers import IntermediateTerms, ProjectionFactory
 from distillkit.losses.logits import HardCrossEntropy
+from distillkit.mapping import LayerPair
 
 
 @dataclass
@@ -36,7 +46,7 @@ class LossOutput:
 
 
 class DistillationLoss(nn.Module):
-    """Weighted sum of a logit-distillation term and the hard-label loss.
+    """Weighted sum of logit distillation, the hard-label loss and intermediate-layer terms.
 
     Args:
         kd: the distillation term, called as ``kd(student_logits, teacher_logits, temperature)``;
@@ -45,10 +55,16 @@ class DistillationLoss(nn.Module):
             cross-entropy.
         temperature: softening temperature ``T`` of the KD term (> 0).
         alpha: weight of the KD term, in ``[0, 1]``; the hard term gets ``1 - alpha``.
+        intermediate: intermediate-layer terms by name (bound to the mapping by :meth:`bind`).
+        projection: factory ``(student_width, teacher_width) -> nn.Module`` for hidden terms
+            when the widths differ.
+        prediction_weight: scales the prediction-layer part (KD and hard terms), >= 0.
+        intermediate_phase: fraction of the steps, in ``[0, 1)``, that train the intermediate
+            terms alone before the prediction-layer phase (0: one phase, every term together).
 
     Raises:
-        ConfigError: for a temperature <= 0, an alpha outside [0, 1], or ``alpha > 0`` without
-            a KD term.
+        ConfigError: for a temperature <= 0, an alpha outside [0, 1], ``alpha > 0`` without
+            a KD term, a negative prediction weight or a phase fraction outside [0, 1).
     """
 
     def __init__(
@@ -57,6 +73,10 @@ class DistillationLoss(nn.Module):
         hard: nn.Module | None = None,
         temperature: float = 1.0,
         alpha: float = 0.5,
+        intermediate: Mapping[str, nn.Module] | None = None,
+        projection: ProjectionFactory | None = None,
+        prediction_weight: float = 1.0,
+        intermediate_phase: float = 0.0,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -70,19 +90,50 @@ class DistillationLoss(nn.Module):
                 f"loss.alpha={alpha} weighs a distillation term, but this loss has none "
                 "(loss.kd is null); use loss=kd, or set loss.alpha=0 to train on labels only"
             )
+        if not prediction_weight >= 0:
+            raise ConfigError(f"loss.prediction_weight must be >= 0, got {prediction_weight}")
+        if not 0.0 <= intermediate_phase < 1.0:
+            raise ConfigError(f"loss.intermediate_phase must be in [0, 1), got "
+                              f"{intermediate_phase}; 0 trains every term together")
         self.kd = kd
         self.hard = hard if hard is not None else HardCrossEntropy()
         self.temperature = float(temperature)
         self.alpha = float(alpha)
+        self.prediction_weight = float(prediction_weight)
+        self.intermediate = IntermediateTerms(intermediate or {}, projection)
+        self.intermediate_phase = float(intermediate_phase)
+        self._phase = "all"
+
+    def bind(self, pairs: list[LayerPair], student_width: int, teacher_width: int) -> None:
+        """Binds the intermediate terms to the resolved mapping and builds projections."""
+        self.intermediate.bind(pairs, student_width, teacher_width)
+        if self.intermediate_phase and not self.intermediate.plan:
+            raise ConfigError("loss.intermediate_phase > 0 needs intermediate terms and a layer "
+                              "mapping; set loss.intermediate_phase=0")
+
+    def set_progress(self, step: int, total_steps: int) -> None:
+        """Called by the engine before each optimizer step (0-based) to switch phases."""
+        if self.intermediate_phase and self.intermediate.plan:
+            first = step < self.intermediate_phase * total_steps
+            self._phase = "intermediate" if first else "prediction"
+
+    def _uses_prediction(self) -> bool:
+        return self.prediction_weight > 0 and self._phase != "intermediate"
+
+    def _uses_intermediate(self) -> bool:
+        return bool(self.intermediate.plan) and self._phase != "prediction"
 
     @property
     def needs_teacher(self) -> bool:
         """Whether the forward pass needs teacher outputs at all."""
-        return self.kd is not None and self.alpha > 0
+        return (self.kd is not None and self.alpha > 0) or bool(self.intermediate.plan)
 
     def required_features(self) -> set[str]:
-        """Model outputs this loss reads (the engine computes nothing else)."""
-        return {"logits"}
+        """Model outputs this loss reads now (the engine computes nothing else)."""
+        features = {"logits"}
+        if self._uses_intermediate():
+            features |= self.intermediate.features()
+        return features
 
     def forward(
         self,
@@ -103,14 +154,20 @@ class DistillationLoss(nn.Module):
         logits = student["logits"]
         terms: dict[str, torch.Tensor] = {}
         total = logits.new_zeros((), dtype=torch.float32)
-        if self.alpha < 1.0:
-            hard = self.hard(logits, batch["labels"])
-            terms["hard"] = hard.detach()
-            total = total + (1.0 - self.alpha) * hard
-        if self.needs_teacher:
-            if teacher is None:
-                raise ValueError("DistillationLoss needs teacher outputs but got None")
-            kd = self.kd(logits, teacher["logits"].to(logits.device), self.temperature)
-            terms["kd"] = kd.detach()
-            total = total + self.alpha * kd
+        if self.needs_teacher and teacher is None:
+            raise ValueError("DistillationLoss needs teacher outputs but got None")
+        if self._uses_prediction():
+            weight = self.prediction_weight
+            if self.alpha < 1.0:
+                hard = self.hard(logits, batch["labels"])
+                terms["hard"] = hard.detach()
+                total = total + weight * (1.0 - self.alpha) * hard
+            if self.kd is not None and self.alpha > 0:
+                kd = self.kd(logits, teacher["logits"].to(logits.device), self.temperature)
+                terms["kd"] = kd.detach()
+                total = total + weight * self.alpha * kd
+        if self._uses_intermediate():
+            value, by_term = self.intermediate(student, teacher, batch["attention_mask"])
+            terms.update(by_term)
+            total = total + value
         return LossOutput(total=total, terms=terms)

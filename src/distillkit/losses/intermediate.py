@@ -1,0 +1,151 @@
+"""Intermediate-layer distillation terms: hidden states and attention maps, masked to real tokens.
+
+Every term is a small module called as ``term(student, teacher, mask)`` for one layer pair and
+returns an unweighted scalar:
+
+* hidden terms get ``[batch, seq, width]`` states (the student's already projected to the
+  teacher's width when the term sets ``needs_projection``);
+* attention terms get ``[batch, heads, seq, seq]`` attention probabilities; when the head
+  counts differ, both sides are averaged over heads first;
+* ``mask`` is the ``[batch, seq]`` attention mask (1 = real token): padding never counts.
+
+``weight`` is the term's weight in the composite loss (see :mod:`distillkit.losses.composite`).
+All arithmetic runs in float32, also under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _token_mask(mask: torch.Tensor) -> torch.Tensor:
+    return mask.to(torch.float32)
+
+
+def _masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of per-token ``values`` ``[batch, seq]`` over real tokens."""
+    m = _token_mask(mask)
+    return (values * m).sum() / m.sum().clamp_min(1.0)
+
+
+def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
+    """``[batch, seq, seq]`` mask of (real, real) token pairs."""
+    m = _token_mask(mask)
+    return m.unsqueeze(2) * m.unsqueeze(1)
+
+
+class _Term(nn.Module):
+    """Shared attributes of intermediate terms.
+
+    Args:
+        weight: the term's weight in the total loss (>= 0).
+    """
+
+    feature = "hidden"
+    needs_projection = False
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"intermediate term weight must be >= 0, got {weight}")
+        self.weight = float(weight)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}"
+
+
+class HiddenMSE(_Term):
+    """Mean squared error between hidden states, averaged over real tokens and width.
+
+    FitNets (Romero et al., 2015, "FitNets: Hints for Thin Deep Nets") and TinyBERT (Jiao et
+    al., 2020, "TinyBERT: Distilling BERT for Natural Language Understanding"), with a learned
+    projection when the widths differ.
+    """
+
+    needs_projection = True
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        per_token = (student.float() - teacher.float()).pow(2).mean(-1)
+        return _masked_token_mean(per_token, mask)
+
+
+class HiddenCosine(_Term):
+    """``1 - cos(h_s, h_t)`` per token, averaged over real tokens.
+
+    The cosine embedding loss of DistilBERT (Sanh et al., 2019, "DistilBERT, a distilled version
+    of BERT"), applied to any mapped layer pair.
+    """
+
+    needs_projection = True
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        cos = F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
+        return _masked_token_mean(1.0 - cos, mask)
+
+
+class GramMMD(_Term):
+    """Gram-matrix matching: ``MSE(H_s H_sᵀ / d_s, H_t H_tᵀ / d_t)`` over real token pairs.
+
+    TextBrewer's ``mmd`` intermediate loss (Yang et al., 2020, "TextBrewer: An Open-Source
+    Knowledge Distillation Toolkit for NLP"), a linear-kernel form of the neuron-selectivity
+    transfer of Huang & Wang (2017, "Like What You Like: Knowledge Distill via Neuron
+    Selectivity Transfer"). The token-by-token gram matrices have the same shape whatever the
+    widths, so no projection is needed.
+    """
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        s, t = student.float(), teacher.float()
+        gram_s = torch.bmm(s, s.transpose(1, 2)) / s.size(-1)
+        gram_t = torch.bmm(t, t.transpose(1, 2)) / t.size(-1)
+        pairs = _pair_mask(mask)
+        return ((gram_s - gram_t).pow(2) * pairs).sum() / pairs.sum().clamp_min(1.0)
+
+
+def _match_heads(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor,
+                                                                        torch.Tensor]:
+    """Averages both sides over heads when the head counts differ."""
+    s, t = student.float(), teacher.float()
+    if s.size(1) != t.size(1):
+        s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
+    return s, t
+
+
+class AttentionMSE(_Term):
+    """Mean squared error between attention probability maps over real (query, key) pairs.
+
+    TinyBERT's attention-based distillation (Jiao et al., 2020). Differing head counts are
+    matched by averaging heads.
+    """
+
+    feature = "attention"
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        s, t = _match_heads(student, teacher)
+        pairs = _pair_mask(mask).unsqueeze(1).expand_as(s)
+        return ((s - t).pow(2) * pairs).sum() / pairs.sum().clamp_min(1.0)
+
+
+class AttentionKL(_Term):
+    """``KL(A_t || A_s)`` per query row, averaged over real query tokens and heads.
+
+    The self-attention distribution transfer of MiniLM (Wang et al., 2020, "MiniLM: Deep
+    Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained Transformers").
+    Differing head counts are matched by averaging heads.
+    """
+
+    feature = "attention"
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        s, t = _match_heads(student, teacher)
+        eps = 1e-12
+        per_key = t * (torch.log(t + eps) - torch.log(s + eps))
+        per_query = (per_key * _token_mask(mask)[:, None, None, :]).sum(-1)  # [B, H, T]
+        rows = _token_mask(mask)[:, None, :].expand_as(per_query)
+        return (per_query * rows).sum() / rows.sum().clamp_min(1.0)
