@@ -1,4 +1,9 @@
-"""Command line: ``python -m distillkit [overrides]`` (a Hydra app) and ``distillkit fetch``."""
+"""Command line: ``python -m distillkit [overrides]`` (a Hydra app) and its subcommands.
+
+``distillkit fetch`` (offline assets), ``distillkit report <sweep-dir>`` (sweep summary) and
+``distillkit reproduce <run-dir>`` (re-run a saved run from its ``.hydra/config.yaml`` and
+compare the metrics).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,16 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from distillkit.errors import DistillkitError
 from distillkit.schemas import register_schemas
 
 log = logging.getLogger("distillkit")
+JOB_NAME = "distillkit"
+# The output directory of the last run in this process (``distillkit reproduce`` reads it).
+LAST_RUN_DIR: Path | None = None
 
 
 def config_dir() -> str:
@@ -37,32 +46,109 @@ def _user_error(exc: BaseException) -> DistillkitError | None:
     return None
 
 
-def _task(cfg: DictConfig) -> float:
-    from distillkit.run import run  # heavy imports only once the config composed
+def _error_line(exc: BaseException) -> str:
+    """One line describing a failed run."""
+    user = _user_error(exc)
+    if user is not None:
+        return str(user)
+    if isinstance(exc, InstantiationException):
+        return str(exc).replace("\n", " ")
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+
+def _sweeper_records_failures(hc: DictConfig) -> bool:
+    """Whether the sweeper takes a job's exception as a failed trial and goes on.
+
+    The Optuna sweeper does (with ``max_failure_rate: 1.0``, conf/hparams_search/optuna.yaml)
+    and rejects a NaN objective; Hydra's basic sweeper raises after the jobs when any raised,
+    which would skip the summary, so a failed job returns NaN there instead.
+    """
+    return "optuna" in str(hc.sweeper.get("_target_", "")).lower()
+
+
+def _task(cfg: DictConfig) -> float:
+    """One run (or sweep job); returns the objective (``metrics.json`` ``objective.value``).
+
+    Inside a multirun a failing job writes ``error.json`` into its directory and returns NaN
+    (or raises, for a sweeper that records failed trials itself), so the other jobs still run
+    and the summary lists it; a single run exits non-zero.
+    """
+    global LAST_RUN_DIR
+    from distillkit.run import run  # heavy imports only once the config composed
+    from distillkit.sweep import clear_failure, record_failure
+
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    LAST_RUN_DIR = out_dir
+    multirun = hc.mode == RunMode.MULTIRUN
+    overrides = list(hc.overrides.task)
+    launch = {"mode": hc.mode.name, "overrides": overrides,
+              "choices": {k: v for k, v in hc.runtime.choices.items()
+                          if not k.startswith("hydra")}}
+    clear_failure(out_dir)
     try:
-        metrics = run(cfg, out_dir)
+        metrics = run(cfg, out_dir, launch)
     except KeyboardInterrupt:
         log.error("interrupted: run stopped; what was written so far stays in %s "
                   "(no metrics.json means the run did not finish)", out_dir)
         sys.exit(130)
-    except InstantiationException as exc:
+    except Exception as exc:
+        line = _error_line(exc)
+        record_failure(out_dir, line, exc, overrides)
+        expected = _user_error(exc) is not None or isinstance(exc, InstantiationException)
+        if multirun:
+            log.error("error: sweep job #%s failed: %s (%s); the sweep goes on", hc.job.num,
+                      line, out_dir / "error.json", exc_info=None if expected else exc)
+            if _sweeper_records_failures(hc):
+                raise  # the sweeper marks the trial failed and goes on
+            return float("nan")  # Hydra's basic sweeper would stop the sweep on an exception
+        if not expected:
+            raise
+        log.error("error: %s", line)
         user = _user_error(exc)
-        log.error("error: %s", user if user else str(exc).replace("\n", " "))
-        sys.exit(2)
-    except DistillkitError as exc:
-        log.error("error: %s", exc)
-        sys.exit(exc.exit_code)
-    return float(metrics["student"]["accuracy"])
+        sys.exit(user.exit_code if user is not None else 2)
+    return float(metrics["objective"]["value"])
+
+
+def _sweep_failures() -> int:
+    """Exit code after a multirun: 2 when a job failed (the summary lists it), else 0."""
+    from distillkit import sweep
+
+    summary = sweep.LAST_SUMMARY
+    if not summary or not summary["failed"]:
+        return 0
+    first = summary["failed"][0]
+    log.error("error: %d of %d sweep jobs failed (first: %s: %s); the others finished; see %s",
+              len(summary["failed"]), summary["jobs"], first.name, first.error,
+              summary["files"][1])
+    return 2
+
+
+def _app(argv: list[str]) -> None:
+    """Runs the Hydra app with ``argv`` as its command line."""
+    if any(a in ("--config-path", "-cp") or a.startswith("--config-path=") for a in argv) \
+            and not any(a.startswith("hydra.job.name=") for a in argv):
+        # a saved run's .hydra/config.yaml carries no hydra settings: keep the log name
+        argv = [*argv, f"hydra.job.name={JOB_NAME}"]
+    register_schemas()
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_task)()
 
 
 def main() -> None:
     """Console entry point."""
-    if len(sys.argv) > 1 and sys.argv[1] == "fetch":
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command == "fetch":
         from distillkit.assets import main as fetch_main
 
         sys.exit(fetch_main(sys.argv[1:]))
-    register_schemas()
-    app = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_task)
-    app()
+    if command == "report":
+        from distillkit.report import main as report_main
+
+        sys.exit(report_main(sys.argv[2:]))
+    if command == "reproduce":
+        from distillkit.reproduce import main as reproduce_main
+
+        sys.exit(reproduce_main(sys.argv[2:], _app, lambda: LAST_RUN_DIR))
+    _app(sys.argv[1:])
+    sys.exit(_sweep_failures())

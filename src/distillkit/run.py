@@ -3,13 +3,15 @@
 Only this module calls ``hydra.utils.instantiate``; the engine receives built objects.
 
 Run graph (each stage logs its start): build → teacher (fine-tune once, cached) → teacher
-outputs (logits once, cached) → distil → evaluate → export.
+outputs (logits once, cached) → distil (checkpointed; resumable) → evaluate → export.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,32 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from transformers import set_seed
 
+from distillkit import provenance
+from distillkit.checkpoint import (
+    DIRNAME,
+    CheckpointManager,
+    check_resumable,
+    find_checkpoint,
+    flat_config,
+    load_checkpoint,
+)
 from distillkit.engine import Distiller, EngineSettings
 from distillkit.errors import ConfigError
-from distillkit.io import write_dir, write_json
+from distillkit.hparams import hparams_of, log_hparams
+from distillkit.io import write_dir, write_file, write_json
 from distillkit.models import ModelBundle, check_compatible, count_parameters
 from distillkit.teacher_outputs import attach_teacher_logits
 from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
 
 log = logging.getLogger(__name__)
+
+# What the app returns to a Hydra sweeper (config key ``objective``; higher is better).
+OBJECTIVES = {
+    "final_accuracy": "student accuracy on the final split (test when the data has one)",
+    "validation_accuracy": "student accuracy on the validation split after training",
+}
+# Test-only: SIGKILL the run right after this optimizer step (the resume test's crash).
+KILL_AT_STEP_ENV = "DISTILLKIT_TEST_KILL_AT_STEP"
 
 
 def engine_settings(trainer_cfg: DictConfig) -> EngineSettings:
@@ -103,9 +123,10 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
         data.drop_transfer()
     cached_logits = bool(cfg.trainer.get("teacher_cache", True) and loss.needs_teacher
                          and loss.required_features() <= {"logits"})
+    logits_sources: dict[str, str] = {}
     if cached_logits:
         _stage("teacher outputs")
-        attach_teacher_logits(teacher, data, settings)
+        logits_sources = attach_teacher_logits(teacher, data, settings)
     log.info("teacher: %s (%d layers, %s params)", teacher.name, teacher.num_layers,
              f"{count_parameters(teacher.model):,}")
     log.info("student: %s (%d layers, %s params)", student.name, student.num_layers,
@@ -115,21 +136,71 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     if hasattr(loss, "intermediate"):
         log.info("intermediate terms: %s", loss.intermediate.describe())
     return {"data": data, "teacher": teacher, "student": student, "pairs": pairs, "loss": loss,
-            "cached_logits": cached_logits}
+            "cached_logits": cached_logits, "logits_sources": logits_sources}
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def _checkpointing(cfg: DictConfig, out_dir: Path
+                   ) -> tuple[CheckpointManager | None, dict | None, Path | None]:
+    """The run's checkpoint manager and the state to resume from (``resume``), if any."""
+    every = cfg.trainer.get("checkpoint_every_steps")
+    keep = int(cfg.trainer.get("keep_checkpoints", 2))
+    if every is not None and every < 1:
+        raise ConfigError(f"trainer.checkpoint_every_steps must be >= 1 or null, got {every}")
+    if keep < 1:
+        raise ConfigError(f"trainer.keep_checkpoints must be >= 1, got {keep}")
+    config = flat_config(OmegaConf.to_container(cfg, resolve=True))
+    path = find_checkpoint(cfg.get("resume"), out_dir)
+    state = None
+    if path is not None:
+        state = load_checkpoint(path)
+        check_resumable(state.get("meta", {}), config, path)
+        log.info("resuming from checkpoint %s (step %d)", path, state["step"])
+    if every is None and path is None:
+        return None, None, None
+    manager = CheckpointManager(out_dir / DIRNAME, every, keep, meta={"config": config})
+    return manager, state, path
+
+
+def _kill_hook():
+    """Test-only: SIGKILL after the step named by ``$DISTILLKIT_TEST_KILL_AT_STEP``."""
+    at = os.environ.get(KILL_AT_STEP_ENV)
+    if not at:
+        return None
+
+    def kill(step: int) -> None:
+        if step == int(at):
+            log.warning("%s=%s: killing the run with SIGKILL", KILL_AT_STEP_ENV, at)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return kill
+
+
+def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) -> dict[str, Any]:
     """Executes one distillation run and writes its output under ``out_dir``.
 
-    Writes ``resolved_config.yaml``, ``mapping.json``, ``tb/`` (TensorBoard), ``student/``
-    (``save_pretrained`` model + tokenizer) and, last, ``metrics.json``.
+    Writes ``resolved_config.yaml``, ``provenance.json``, ``mapping.json``, ``tb/``
+    (TensorBoard scalars and an HParams session), ``checkpoints/`` (when enabled),
+    ``student/`` (``save_pretrained`` model + tokenizer) and, last, ``metrics.json``.
+
+    Args:
+        cfg: the composed run config.
+        out_dir: the run directory.
+        launch: how Hydra launched the run (``overrides``, ``choices``, ``mode``), recorded
+            in ``provenance.json`` and the HParams session.
 
     Returns:
-        The metrics dict (also written to ``metrics.json``).
+        The metrics dict (also written to ``metrics.json``); ``metrics["objective"]["value"]``
+        is what a sweeper optimises.
     """
+    launch = launch or {}
+    objective = cfg.get("objective", "final_accuracy")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective={objective} is not one of {', '.join(OBJECTIVES)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    write_file(out_dir / "resolved_config.yaml", lambda fh: fh.write(resolved.encode()))
     settings = engine_settings(cfg.trainer)
+    write_json(out_dir / "provenance.json", provenance.collect(settings.seed, launch))
+    checkpoints, resume_state, resume_path = _checkpointing(cfg, out_dir)
     set_seed(settings.seed)
 
     _stage("build")
@@ -149,7 +220,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     final_loader = data.loader(final_role, settings.eval_batch_size,
                                num_workers=settings.num_workers)
 
-    writer = SummaryWriter(log_dir=str(out_dir / "tb"))
+    # a resumed run drops the events logged after its checkpoint, then logs them again
+    writer = SummaryWriter(log_dir=str(out_dir / "tb"),
+                           purge_step=resume_state["step"] + 1 if resume_state else None)
     try:
         distiller = Distiller(
             student=student.model,
@@ -160,15 +233,35 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             scheduler_factory=instantiate(cfg.trainer.scheduler),
             settings=settings,
             writer=writer,
+            checkpoints=checkpoints,
+            step_callback=_kill_hook(),
         )
         _stage("distil")
-        result = distiller.fit(train_loader, eval_loader)
+        result = distiller.fit(train_loader, eval_loader, resume=resume_state)
 
         _stage("evaluate")
         teacher_metrics = distiller.evaluate(teacher.model, final_loader, desc="eval teacher")
         student_metrics = distiller.evaluate(student.model, final_loader, desc="eval student")
         for who, m in (("teacher", teacher_metrics), ("student", student_metrics)):
             writer.add_scalar(f"final/{who}/accuracy", m["accuracy"], result.steps)
+        validation = None
+        if objective == "validation_accuracy":
+            validation = (student_metrics if final_role == "eval" else
+                          distiller.evaluate(student.model, eval_loader, desc="eval student val"))
+
+        metrics = _metrics(teacher, student, data, final_role, teacher_metrics, student_metrics,
+                           distiller, result)
+        metrics["stages"] = {"teacher": teacher.origin,
+                             "teacher_logits": built["logits_sources"] or "not used"}
+        if validation is not None:
+            metrics["validation"] = {"split": data.split_names["eval"], "student": validation}
+        value = validation["accuracy"] if validation is not None else student_metrics["accuracy"]
+        metrics["objective"] = {"name": objective, "value": value}
+        if resume_path is not None:
+            metrics["resumed_from"] = {"checkpoint": str(resume_path),
+                                       "step": int(resume_state["step"])}
+        log_hparams(writer, hparams_of(cfg, launch.get("overrides", ()),
+                                       launch.get("choices")), metrics, result.steps)
     finally:
         writer.close()
 
@@ -180,8 +273,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         write_dir(out_dir / "student", save)
         log.info("student exported to %s", out_dir / "student")
 
+    metrics["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(out_dir / "metrics.json", metrics)
+    log.info("summary\n%s", _format_summary(metrics))
+    log.info("run output: %s", out_dir)
+    return metrics
+
+
+def _metrics(teacher: ModelBundle, student: ModelBundle, data: Any, final_role: str,
+             teacher_metrics: dict, student_metrics: dict, distiller: Distiller,
+             result: Any) -> dict[str, Any]:
     t_acc = teacher_metrics["accuracy"]
-    metrics = {
+    return {
         "teacher": teacher_metrics,
         "student": student_metrics,
         "retention": student_metrics["accuracy"] / t_acc if t_acc > 0 else float("nan"),
@@ -197,9 +300,4 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "train": {"steps": result.steps, "epochs": result.epochs_completed,
                   "seconds": round(result.train_seconds, 3), "last_losses": result.last_losses,
                   "evals": result.evals},
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    write_json(out_dir / "metrics.json", metrics)
-    log.info("summary\n%s", _format_summary(metrics))
-    log.info("run output: %s", out_dir)
-    return metrics

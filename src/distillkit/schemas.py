@@ -40,9 +40,15 @@ class TrainerSchema(EngineSettings):
     ``teacher_cache``: logit-only losses read the teacher's logits from a disk cache computed
     once per teacher + data + preprocessing (``<cache>/teacher_outputs/``) instead of running
     the teacher every step.
+
+    ``checkpoint_every_steps``: write a resumable checkpoint to ``<run>/checkpoints/`` every N
+    optimizer steps (and after each evaluation); null: no checkpoints. ``keep_checkpoints``:
+    how many of the newest to keep (the best one is kept as well). See distillkit.checkpoint.
     """
 
     teacher_cache: bool = True
+    checkpoint_every_steps: Optional[int] = None  # noqa: UP045
+    keep_checkpoints: int = 2
 
     optimizer: Any = field(default_factory=lambda: {
         "_target_": "torch.optim.AdamW", "_partial_": True, "lr": 5e-5, "weight_decay": 0.01})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from distillkit.data import TextClassificationData
 from distillkit.data.sampling import restore_order
 from distillkit.engine import EngineSettings, predict_logits
 from distillkit.io import write_file
+from distillkit.locks import file_lock
 from distillkit.models import ModelBundle, update_weights_digest
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def _key(weights: hashlib._Hash, data: TextClassificationData, role: str,
 
 
 def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
-                          settings: EngineSettings) -> None:
+                          settings: EngineSettings) -> dict[str, str]:
     """Computes (or loads) the teacher's logits for every distillation split and attaches them.
 
     Args:
@@ -56,25 +58,38 @@ def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
         data: tokenised data; each of :meth:`~TextClassificationData.distil_roles` gets a
             ``teacher_logits`` column.
         settings: the run's loop settings (device, precision, eval batch size, progress).
+
+    Returns:
+        For each split, where its logits came from: ``cache`` or ``computed``.
     """
     device = settings.resolve_device()
     dtype = settings.autocast_dtype(device)
     weights = _weights_digest(teacher)  # hashed once, shared by every split's key
+    sources = {}
     for role in data.distil_roles():
         key = _key(weights, data, role, dtype)
         path = cache_root() / "teacher_outputs" / f"{key}.npy"
-        if path.is_file():
-            logits = np.load(path, mmap_mode="r")
-            log.info("teacher logits for '%s' (%d x %d) read from cache %s: no teacher pass",
-                     role, *logits.shape, path)
-        else:
-            start = time.perf_counter()
-            loader = data.loader(role, settings.eval_batch_size, num_workers=settings.num_workers)
-            logits = predict_logits(teacher.model, loader, device, dtype,
-                                    desc=f"teacher logits {role}",
-                                    progress=settings.progress).numpy()
-            logits = restore_order(loader.batch_sampler, logits)  # length-sorted batches
-            write_file(path, lambda fh, a=logits: np.save(fh, a))
-            log.info("teacher logits for '%s' (%d x %d) computed in %.0fs, cached at %s",
-                     role, *logits.shape, time.perf_counter() - start, path)
+        with file_lock(path.with_suffix(".lock")):  # parallel sweep jobs: one computes
+            logits, sources[role] = _load_or_compute(teacher, data, role, path, settings)
         data.attach_teacher_logits(role, logits)
+    return sources
+
+
+def _load_or_compute(teacher: ModelBundle, data: TextClassificationData, role: str,
+                     path: Path, settings: EngineSettings) -> tuple[np.ndarray, str]:
+    """The split's logits from ``path``, or computed now and cached there; and which it was."""
+    if path.is_file():
+        logits = np.load(path, mmap_mode="r")
+        log.info("teacher logits for '%s' (%d x %d) read from cache %s: no teacher pass",
+                 role, *logits.shape, path)
+        return logits, "cache"
+    device = settings.resolve_device()
+    start = time.perf_counter()
+    loader = data.loader(role, settings.eval_batch_size, num_workers=settings.num_workers)
+    logits = predict_logits(teacher.model, loader, device, settings.autocast_dtype(device),
+                            desc=f"teacher logits {role}", progress=settings.progress).numpy()
+    logits = restore_order(loader.batch_sampler, logits)  # length-sorted batches
+    write_file(path, lambda fh, a=logits: np.save(fh, a))
+    log.info("teacher logits for '%s' (%d x %d) computed in %.0fs, cached at %s",
+             role, *logits.shape, time.perf_counter() - start, path)
+    return logits, "computed"

@@ -28,6 +28,7 @@ from distillkit.data import TextClassificationData
 from distillkit.engine import Distiller, EngineSettings
 from distillkit.errors import ConfigError
 from distillkit.io import write_dir, write_json
+from distillkit.locks import file_lock
 from distillkit.losses import DistillationLoss
 from distillkit.models import ModelBundle, pretrained_classifier, update_weights_digest
 from distillkit.schedules import warmup_schedule
@@ -103,6 +104,31 @@ def _finetune(model: torch.nn.Module, data: TextClassificationData,
     return metrics, result.train_seconds
 
 
+def _load_or_finetune(teacher: ModelBundle, path: Path, key: str, settings: FinetuneSettings,
+                      data: TextClassificationData, engine: EngineSettings) -> str:
+    """Fine-tunes the teacher into ``path`` unless cached; returns ``fine-tuned`` or ``cache``."""
+    if (path / "finetune.json").is_file():
+        info = json.loads((path / "finetune.json").read_text())
+        log.info("reusing fine-tuned teacher from cache %s (key %s, eval accuracy %.4f)",
+                 path, key, info["eval"]["accuracy"])
+        return "cache"
+    log.info("fine-tuning teacher '%s' on %d examples (%d epoch(s)); cache key %s",
+             teacher.name, len(data.raw["train"]), settings.epochs, key)
+    model = copy.deepcopy(teacher.model)  # the pretrained weights stay for the student
+    metrics, seconds = _finetune(model, data, settings, engine)
+    log.info("fine-tuned teacher eval accuracy %.4f (%.0fs)", metrics["accuracy"], seconds)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        teacher.tokenizer.save_pretrained(tmp)
+        write_json(tmp / "finetune.json", {
+            "key": key, "teacher": teacher.name, "settings": dataclasses.asdict(settings),
+            "train_examples": len(data.raw["train"]), "eval": metrics,
+            "seconds": round(seconds, 1)})
+    write_dir(path, save)
+    return "fine-tuned"
+
+
 def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSettings,
                     data: TextClassificationData, engine: EngineSettings) -> ModelBundle:
     """Returns a teacher ready to distil from: as given, from the cache, or fine-tuned now.
@@ -125,26 +151,10 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
     dtype = engine.autocast_dtype(engine.resolve_device())
     key = cache_key(teacher, data, settings, engine.seed, str(dtype or "fp32"))
     path = cache_root() / "teachers" / key
-    if (path / "finetune.json").is_file():
-        info = json.loads((path / "finetune.json").read_text())
-        log.info("reusing fine-tuned teacher from cache %s (key %s, eval accuracy %.4f)",
-                 path, key, info["eval"]["accuracy"])
-    else:
-        log.info("fine-tuning teacher '%s' on %d examples (%d epoch(s)); cache key %s",
-                 teacher.name, len(data.raw["train"]), settings.epochs, key)
-        model = copy.deepcopy(teacher.model)  # the pretrained weights stay for the student
-        metrics, seconds = _finetune(model, data, settings, engine)
-        log.info("fine-tuned teacher eval accuracy %.4f (%.0fs)", metrics["accuracy"], seconds)
-
-        def save(tmp: Path) -> None:
-            model.save_pretrained(tmp)
-            teacher.tokenizer.save_pretrained(tmp)
-            write_json(tmp / "finetune.json", {
-                "key": key, "teacher": teacher.name, "settings": dataclasses.asdict(settings),
-                "train_examples": len(data.raw["train"]), "eval": metrics,
-                "seconds": round(seconds, 1)})
-        write_dir(path, save)
+    with file_lock(path.with_name(f"{key}.lock")):  # parallel sweep jobs: one fine-tunes
+        origin = _load_or_finetune(teacher, path, key, settings, data, engine)
     cached = pretrained_classifier(str(path), labels=data.labels)
     cached.name = f"{teacher.name} fine-tuned [{key}]"
     cached.initial = teacher
+    cached.origin = origin
     return cached

@@ -7,6 +7,11 @@ dataset it runs. A batch that carries ``teacher_logits`` (precomputed teacher ou
 distilled from those instead of a live teacher forward pass. Hidden states and attention maps
 are requested from the models only at steps where the loss's ``required_features()`` names
 them; a loss with ``set_progress(step, total_steps)`` hears the step before each update.
+
+With a checkpoint sink the loop hands over its complete state (student, loss, optimizer,
+scheduler, RNG states, loader position, results so far) at checkpoint steps, and
+``fit(resume=state)`` continues from such a state exactly as if the run had never stopped
+(see :mod:`distillkit.engine.resume`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +31,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from distillkit.engine.evaluate import evaluate, model_inputs
+from distillkit.engine.resume import (
+    CheckpointSink,
+    capture_epoch_rng,
+    capture_rng,
+    restore_epoch_rng,
+    restore_rng,
+)
 from distillkit.engine.settings import EngineSettings
 from distillkit.errors import TrainingError
 
@@ -69,6 +82,8 @@ class Distiller:
         scheduler_factory: called as ``(optimizer, num_training_steps=N)``.
         settings: loop settings.
         writer: TensorBoard writer (None: no TensorBoard logging).
+        checkpoints: receives the training state at checkpoint steps (None: no checkpoints).
+        step_callback: called with the step number after every optimizer step.
     """
 
     def __init__(
@@ -80,6 +95,8 @@ class Distiller:
         scheduler_factory: SchedulerFactory,
         settings: EngineSettings,
         writer: SummaryWriter | None = None,
+        checkpoints: CheckpointSink | None = None,
+        step_callback: Callable[[int], None] | None = None,
     ) -> None:
         settings.validate()
         self.settings = settings
@@ -93,6 +110,8 @@ class Distiller:
         self.optimizer_factory = optimizer_factory
         self.scheduler_factory = scheduler_factory
         self.writer = writer
+        self.checkpoints = checkpoints
+        self.step_callback = step_callback
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -157,14 +176,43 @@ class Distiller:
             for name in ("accuracy", "loss"):
                 self.writer.add_scalar(f"eval/student/{name}", metrics[name], step)
 
+    def _save_checkpoint(self, step: int, result: TrainResult, position: dict[str, Any],
+                         parts: dict[str, Any], evaluated: bool, seconds: float) -> None:
+        state = {
+            "step": step, **position,
+            "student": self.student.state_dict(), "loss": self.loss.state_dict(),
+            "optimizer": parts["optimizer"].state_dict(),
+            "scheduler": parts["scheduler"].state_dict(),
+            "rng": capture_rng(), "total_steps": parts["total_steps"],
+            "result": {"last_losses": dict(result.last_losses), "evals": list(result.evals),
+                       "train_seconds": seconds},
+        }
+        metric = result.evals[-1]["accuracy"] if evaluated and result.evals else None
+        self.checkpoints.save(step, state, metric)
+
+    def _restore(self, resume: dict[str, Any], parts: dict[str, Any],
+                 result: TrainResult) -> None:
+        if resume["total_steps"] != parts["total_steps"]:
+            raise TrainingError(
+                f"the checkpoint was taken in a run of {resume['total_steps']} steps, this run "
+                f"has {parts['total_steps']}; resume with the same trainer.max_steps/epochs")
+        self.student.load_state_dict(resume["student"])
+        self.loss.load_state_dict(resume["loss"])
+        parts["optimizer"].load_state_dict(resume["optimizer"])
+        parts["scheduler"].load_state_dict(resume["scheduler"])
+        result.last_losses = dict(resume["result"]["last_losses"])
+        result.evals = list(resume["result"]["evals"])
+
     def fit(self, train_loader: DataLoader, eval_loader: DataLoader | None = None,
-            desc: str = "distil") -> TrainResult:
+            desc: str = "distil", resume: dict[str, Any] | None = None) -> TrainResult:
         """Runs the training loop.
 
         Args:
             train_loader: batches with model inputs and ``labels``.
             eval_loader: evaluated every ``eval_every_steps`` steps (or each epoch).
             desc: label of the progress bar.
+            resume: a training state handed to the checkpoint sink by an earlier run with the
+                same settings and data; training continues from it exactly.
 
         Returns:
             Steps taken, time, last logged losses and the evaluation history.
@@ -180,17 +228,47 @@ class Distiller:
         params += [p for p in self.loss.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         scheduler = self.scheduler_factory(optimizer, num_training_steps=total_steps)
+        parts = {"optimizer": optimizer, "scheduler": scheduler, "total_steps": total_steps}
+        result = TrainResult(steps=0, epochs_completed=0.0, train_seconds=0.0)
+        step, micro, epoch, skip, seconds_before = 0, 0, 0, 0, 0.0
+        if resume is not None:
+            self._restore(resume, parts, result)
+            step, micro, epoch = resume["step"], resume["micro"], resume["epoch"]
+            skip, seconds_before = resume["batches_in_epoch"], resume["result"]["train_seconds"]
+            log.info("resuming at step %d of %d (epoch %d, batch %d)", step, total_steps,
+                     epoch, skip)
+            if step >= total_steps:  # killed after its last step: nothing left to train
+                restore_rng(resume["rng"])
         log.info("training %d optimizer steps (batch %d x accumulation %d) on %s%s",
                  total_steps, s.batch_size, s.grad_accum_steps, self.device,
                  f" with {self.autocast_dtype} autocast" if self.autocast_dtype else "")
-        result = TrainResult(steps=0, epochs_completed=0.0, train_seconds=0.0)
         self.student.train()
         optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(total=total_steps, desc=desc, disable=not s.progress, dynamic_ncols=True)
+        bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not s.progress,
+                   dynamic_ncols=True)
         start = time.perf_counter()
-        step, micro, epoch = 0, 0, 0
+        ckpt = self.checkpoints
+
+        def save(evaluated: bool, position: dict[str, Any]) -> None:
+            seconds = seconds_before + time.perf_counter() - start
+            self._save_checkpoint(step, result, position, parts, evaluated, seconds)
+
         while step < total_steps:
-            for batch in train_loader:
+            if resume is not None:  # same permutation as the interrupted epoch, then skip
+                epoch_rng = resume["epoch_rng"]
+                restore_epoch_rng(train_loader, epoch_rng)
+            else:
+                epoch_rng = capture_epoch_rng(train_loader) if ckpt is not None else None
+            batches = iter(train_loader)
+            in_epoch = 0
+            if resume is not None:
+                for _ in range(skip):
+                    next(batches)
+                in_epoch = skip
+                restore_rng(resume["rng"])
+                resume = None
+            for batch in batches:
+                in_epoch += 1
                 inputs = model_inputs(batch, self.device)
                 batch_on_device = {**inputs, "labels": batch["labels"].to(self.device)}
                 if micro % s.grad_accum_steps == 0 and hasattr(self.loss, "set_progress"):
@@ -215,19 +293,29 @@ class Distiller:
                     result.last_losses = self._log(step, out.terms, out.total.detach(),
                                                    scheduler.get_last_lr()[0])
                     bar.set_postfix(loss=f"{result.last_losses['total']:.4f}")
-                if s.eval_every_steps and step % s.eval_every_steps == 0:
+                evaluated = bool(s.eval_every_steps and step % s.eval_every_steps == 0
+                                 and eval_loader is not None)
+                if evaluated:
                     self._eval_student(eval_loader, step, result)
+                if ckpt is not None and ckpt.due(step, evaluated):
+                    save(evaluated, {"micro": micro, "epoch": epoch,
+                                     "batches_in_epoch": in_epoch, "epoch_rng": epoch_rng})
+                if self.step_callback is not None:
+                    self.step_callback(step)
                 if step >= total_steps:
                     break
             else:
                 epoch += 1
-                if not s.eval_every_steps and step < total_steps:
+                if not s.eval_every_steps and step < total_steps and eval_loader is not None:
                     self._eval_student(eval_loader, step, result)
+                    if ckpt is not None:  # the next epoch starts from here
+                        save(True, {"micro": micro, "epoch": epoch, "batches_in_epoch": 0,
+                                    "epoch_rng": capture_epoch_rng(train_loader)})
                 continue
             break
         bar.close()
         result.steps = step
         result.epochs_completed = micro / max(len(train_loader), 1)
-        result.train_seconds = time.perf_counter() - start
+        result.train_seconds = seconds_before + time.perf_counter() - start
         log.info("trained %d steps in %.1fs", step, result.train_seconds)
         return result

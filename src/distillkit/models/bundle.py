@@ -22,6 +22,8 @@ class ModelBundle:
             fresh head, which the run's teacher stage fine-tunes).
         initial: for a teacher fine-tuned by the teacher stage, the bundle as it was before
             (pretrained weights), which students may be initialised from.
+        origin: how the teacher stage produced it: ``as given``, ``fine-tuned`` (trained in
+            this run) or ``cache`` (a fine-tuned teacher reused from the cache).
     """
 
     model: PreTrainedModel
@@ -29,6 +31,7 @@ class ModelBundle:
     name: str
     trained_head: bool = False
     initial: ModelBundle | None = None
+    origin: str = "as given"
 
     @property
     def num_layers(self) -> int:
