@@ -42,3 +42,11 @@ def test_intermediate_terms_without_pairs_is_a_clear_error(tmp_path):
                    cwd=tmp_path)
     assert proc.returncode == 2
     assert "gives them no pairs; choose a mapping, e.g. mapping=uniform" in proc.stdout
+
+
+def test_twelve_layer_teacher_four_layer_student_resolves_uniformly(tmp_path):
+    proc = run_cli([*TINY_RUN, "loss=mmd", "teacher.num_layers=12", "student.num_layers=4",
+                    "trainer.max_steps=2", "teacher.finetune_settings.epochs=1",
+                    "export_student=false", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "layer mapping (student-teacher): 0-0, 1-3, 2-6, 3-9, 4-12" in proc.stdout
