@@ -168,3 +168,23 @@ def test_finetune_settings_refuse_unknown_keys():
     assert FinetuneSettings.from_config({"lr": 1e-3}).lr == 1e-3
     with pytest.raises(ConfigError, match=r"\['lrr'\] in teacher.finetune_settings"):
         FinetuneSettings.from_config({"lrr": 1e-3})
+
+
+def test_teacher_cache_key_hashes_every_training_row(fake_snli):
+    """Regression: the key once hashed a column's repr, which shows only its first rows."""
+    from functools import partial
+
+    from distillkit.data import TextClassificationData
+    from distillkit.models.tokenizers import tiny_tokenizer
+    from distillkit.teacher_stage import FinetuneSettings, cache_key
+
+    teacher = tiny_teacher(num_layers=2, labels=LABELS)
+    keys = []
+    for train_size in (20, 24):  # same seed: the first rows agree, the split sizes differ
+        data = TextClassificationData(
+            partial(snli, train_size=train_size, validation_size=8, seed=1, fetch=False),
+            text_column="sentence1", text_pair_column="sentence2", label_column="gold_label",
+            labels=LABELS, drop_labels=["-"])
+        data.tokenize(tiny_tokenizer())
+        keys.append(cache_key(teacher, data, FinetuneSettings(), seed=0))
+    assert keys[0] != keys[1]

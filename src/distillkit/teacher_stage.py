@@ -78,8 +78,11 @@ def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: Fine
     raw = data.raw["train"]
     meta = {"vocab": sorted(teacher.tokenizer.get_vocab().items()), "labels": data.labels,
             "max_length": data.max_length, "settings": dataclasses.asdict(settings),
-            "seed": seed, "precision": precision, "columns": {c: raw[c] for c in raw.column_names}}
-    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
+            "seed": seed, "precision": precision}
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    for column in sorted(raw.column_names):  # every value: a Column's repr shows only 5 rows
+        digest.update(column.encode())
+        digest.update(json.dumps(list(raw[column])).encode())
     return digest.hexdigest()[:20]
 
 
