@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
@@ -30,11 +31,11 @@ from distillkit.checkpoint import (
     flat_config,
     load_checkpoint,
 )
-from distillkit.engine import Distiller, EngineSettings
+from distillkit.engine import Distiller, EngineSettings, frozen
 from distillkit.errors import ConfigError
 from distillkit.hparams import hparams_of, log_hparams
 from distillkit.io import write_dir, write_file, write_json
-from distillkit.models import ModelBundle, check_compatible, count_parameters
+from distillkit.models import ModelBundle, check_compatible, count_parameters, first_layers
 from distillkit.teacher_outputs import attach_teacher_logits
 from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
 
@@ -139,6 +140,17 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
             "cached_logits": cached_logits, "logits_sources": logits_sources}
 
 
+def _live_teacher(teacher: ModelBundle, loss: Any):
+    """The teacher model the loop runs: without the layers above the deepest one the loss
+    reads when it never reads the teacher's logits."""
+    depth = getattr(loss, "teacher_depth", lambda: None)()
+    if depth is None or depth >= teacher.num_layers:
+        return teacher.model
+    log.info("the loss reads teacher layers up to %d and no teacher logits: the teacher runs "
+             "%d of its %d layers", depth, depth, teacher.num_layers)
+    return first_layers(teacher.model, depth)
+
+
 def _checkpointing(cfg: DictConfig, out_dir: Path
                    ) -> tuple[CheckpointManager | None, dict | None, Path | None]:
     """The run's checkpoint manager and the state to resume from (``resume``), if any."""
@@ -227,7 +239,7 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
         distiller = Distiller(
             student=student.model,
             # with cached logits in every batch the loop never needs the live teacher
-            teacher=None if built["cached_logits"] else teacher.model,
+            teacher=None if built["cached_logits"] else _live_teacher(teacher, built["loss"]),
             loss=built["loss"],
             optimizer_factory=instantiate(cfg.trainer.optimizer),
             scheduler_factory=instantiate(cfg.trainer.scheduler),
@@ -239,7 +251,8 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
         _stage("distil")
         result = distiller.fit(train_loader, eval_loader, resume=resume_state)
 
-        _stage("evaluate")
+        _stage("evaluate")  # the teacher as it was distilled from: in its own precision
+        frozen(teacher.model, distiller.device, distiller.teacher_dtype)
         teacher_metrics = distiller.evaluate(teacher.model, final_loader, desc="eval teacher")
         student_metrics = distiller.evaluate(student.model, final_loader, desc="eval student")
         for who, m in (("teacher", teacher_metrics), ("student", student_metrics)):
@@ -293,6 +306,8 @@ def _metrics(teacher: ModelBundle, student: ModelBundle, data: Any, final_role: 
         "eval_split": data.split_names[final_role],
         "inference": {
             "device": str(distiller.device),
+            "precision": {"student": str(distiller.autocast_dtype or torch.float32),
+                          "teacher": str(distiller.teacher_dtype or torch.float32)},
             "teacher_seconds": round(teacher_metrics["seconds"], 3),
             "student_seconds": round(student_metrics["seconds"], 3),
             "speedup": teacher_metrics["seconds"] / max(student_metrics["seconds"], 1e-9),

@@ -3,7 +3,8 @@
 Logit-only losses need nothing from the teacher but its logits on the training examples, so
 the run computes them in one batched inference pass and stores them as a float32 ``.npy``
 under ``<cache>/teacher_outputs/<key>.npy`` (memory-mapped when read). The key hashes the
-teacher's weights, the split's token ids, ``max_length`` and the precision, so every later run
+teacher's weights, the split's token ids, ``max_length`` and the teacher's precision
+(``trainer.teacher_precision``: the teacher runs with its weights cast), so every later run
 and every sweep job over the same teacher and data reads the file instead of running the
 teacher again. Raw (pre-temperature) logits are stored, so temperature sweeps share them.
 """
@@ -21,7 +22,7 @@ import torch
 from distillkit.assets import cache_root
 from distillkit.data import TextClassificationData
 from distillkit.data.sampling import restore_order
-from distillkit.engine import EngineSettings, predict_logits
+from distillkit.engine import EngineSettings, frozen, predict_logits
 from distillkit.io import write_file
 from distillkit.locks import file_lock
 from distillkit.models import ModelBundle, update_weights_digest
@@ -45,7 +46,7 @@ def _key(weights: hashlib._Hash, data: TextClassificationData, role: str,
             for ids in ds[column]:
                 digest.update(np.asarray(ids, dtype=np.int32).tobytes())
                 digest.update(b"|")
-    digest.update(f"{data.max_length}|{dtype}".encode())
+    digest.update(f"{data.max_length}|weights:{dtype or torch.float32}".encode())
     return digest.hexdigest()[:24]
 
 
@@ -63,8 +64,8 @@ def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
         For each split, where its logits came from: ``cache`` or ``computed``.
     """
     device = settings.resolve_device()
-    dtype = settings.autocast_dtype(device)
-    weights = _weights_digest(teacher)  # hashed once, shared by every split's key
+    dtype = settings.teacher_dtype(device)
+    weights = _weights_digest(teacher)  # before any cast: the fp32 weights name the teacher  # hashed once, shared by every split's key
     sources = {}
     for role in data.distil_roles():
         key = _key(weights, data, role, dtype)
@@ -86,8 +87,9 @@ def _load_or_compute(teacher: ModelBundle, data: TextClassificationData, role: s
     device = settings.resolve_device()
     start = time.perf_counter()
     loader = data.loader(role, settings.eval_batch_size, num_workers=settings.num_workers)
-    logits = predict_logits(teacher.model, loader, device, settings.autocast_dtype(device),
-                            desc=f"teacher logits {role}", progress=settings.progress).numpy()
+    model = frozen(teacher.model, device, settings.teacher_dtype(device))
+    logits = predict_logits(model, loader, device, desc=f"teacher logits {role}",
+                            progress=settings.progress).numpy()
     logits = restore_order(loader.batch_sampler, logits)  # length-sorted batches
     write_file(path, lambda fh, a=logits: np.save(fh, a))
     log.info("teacher logits for '%s' (%d x %d) computed in %.0fs, cached at %s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
 from torch.utils.data import DataLoader
@@ -14,6 +15,41 @@ from distillkit.data.sampling import LengthGroupedBatchSampler, SortedBatchSampl
 from distillkit.errors import DataError
 
 log = logging.getLogger(__name__)
+
+
+class WithTeacherLogits(torch.utils.data.Dataset):
+    """A tokenised dataset whose examples also carry their row of teacher logits.
+
+    Args:
+        base: the tokenised examples (the concatenation of one or more splits).
+        parts: per split, in concatenation order, an array of logits with one row per
+            example (memory-mapped arrays are read row by row, never loaded whole).
+    """
+
+    def __init__(self, base: Dataset, parts: Sequence[np.ndarray]) -> None:
+        self.base = base
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        if self.offsets[-1] != len(base):
+            raise ValueError(f"{self.offsets[-1]} logit rows for {len(base)} examples")
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _logits(self, indices: Sequence[int]) -> list[list[float]]:
+        idx = np.asarray(indices, dtype=np.int64)
+        part = np.searchsorted(self.offsets, idx, side="right") - 1
+        return [np.asarray(self.parts[p][i - self.offsets[p]], dtype=np.float32).tolist()
+                for i, p in zip(idx.tolist(), part.tolist(), strict=True)]
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.base[index], "teacher_logits": self._logits([index])[0]}
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        rows = self.base[indices]  # one columnar read for the whole batch
+        logits = self._logits(indices)
+        return [{**{k: v[j] for k, v in rows.items()}, "teacher_logits": logits[j]}
+                for j in range(len(indices))]
 
 
 class TextClassificationData:
@@ -74,6 +110,7 @@ class TextClassificationData:
         self.raw: dict[str, Dataset] = {}
         self.tokenized: dict[str, Dataset] = {}
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.teacher_logits: dict[str, np.ndarray] = {}
 
     # -- raw data -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -193,20 +230,23 @@ class TextClassificationData:
         self.split_names["transfer"] = None
         self.raw.pop("transfer", None)
         self.tokenized.pop("transfer", None)
+        self.teacher_logits.pop("transfer", None)
 
     def distil_roles(self) -> list[str]:
         """The splits the student trains on: train, plus the transfer split if configured."""
         return ["train"] + (["transfer"] if self.has_split("transfer") else [])
 
-    def attach_teacher_logits(self, role: str, logits) -> None:
-        """Stores precomputed teacher logits (one row per example) with a tokenised split."""
+    def attach_teacher_logits(self, role: str, logits: np.ndarray) -> None:
+        """Attaches precomputed teacher logits (one row per example, in split order) to a
+        tokenised split; its batches then carry them as ``teacher_logits``.
+
+        The array is kept as given, not copied: a memory-mapped ``.npy`` stays on disk and
+        each batch reads only its own rows.
+        """
         ds = self.tokenized[role]
         if len(logits) != len(ds):
             raise ValueError(f"{len(logits)} teacher logit rows for {len(ds)} {role} examples")
-        if "teacher_logits" in ds.column_names:
-            ds = ds.remove_columns("teacher_logits")
-        self.tokenized[role] = ds.add_column("teacher_logits", [list(map(float, r))
-                                                                 for r in logits])
+        self.teacher_logits[role] = logits
 
     def lengths(self, role: str) -> list[int]:
         """Token count of every example of a tokenised split (``distil``: train + transfer)."""
@@ -236,11 +276,15 @@ class TextClassificationData:
         # Always an own generator: iterating a loader then never draws from the global RNG,
         # so dropout and initialisation do not depend on which loaders ran before.
         generator = torch.Generator().manual_seed(seed)
-        if role == "distil":
-            parts = [self.tokenized[r] for r in self.distil_roles()]
-            dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
-        else:
-            dataset = self.tokenized[role]
+        roles = self.distil_roles() if role == "distil" else [role]
+        parts = [self.tokenized[r] for r in roles]
+        dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        with_logits = [r for r in roles if r in self.teacher_logits]
+        if with_logits:
+            if len(with_logits) != len(roles):
+                raise ValueError(f"teacher logits attached to {with_logits} but not to all of "
+                                 f"{roles}")
+            dataset = WithTeacherLogits(dataset, [self.teacher_logits[r] for r in roles])
         collate = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
         if by_length:
             lengths = self.lengths(role)

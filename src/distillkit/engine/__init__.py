@@ -2,6 +2,6 @@
 
 from distillkit.engine.evaluate import evaluate, predict_logits
 from distillkit.engine.settings import EngineSettings
-from distillkit.engine.trainer import Distiller, TrainResult
+from distillkit.engine.trainer import Distiller, TrainResult, frozen
 
-__all__ = ["Distiller", "EngineSettings", "TrainResult", "evaluate", "predict_logits"]
+__all__ = ["Distiller", "EngineSettings", "TrainResult", "evaluate", "frozen", "predict_logits"]

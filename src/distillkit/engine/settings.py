@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import functools
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
 
 from distillkit.errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TEACHER_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware (AVX512-BF16 or AMX-BF16 on
+    x86, the BF16 extension on Arm). Without it, bf16 on the CPU is emulated and slower."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap, reliable check; stay in fp32
+        return False
+    flags = set()
+    for line in info.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[-1].split())
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 @dataclass
@@ -27,8 +49,17 @@ class EngineSettings:
         log_every_steps: log losses and lr every N optimizer steps (the only host syncs).
         seed: seed for model initialisation, shuffling and dropout.
         device: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``auto`` (bf16 autocast on a GPU that supports it, else fp32), ``fp32`` or
-            ``bf16`` (autocast).
+        precision: the student's compute precision: ``fp32``, ``bf16`` (autocast) or ``fp16``
+            (autocast with a gradient scaler); ``auto`` picks bf16 on a GPU that supports it
+            and on a CPU with native bf16 (AVX512-BF16 / AMX), else fp32.
+        teacher_precision: the frozen teacher's precision: ``fp32``, ``bf16`` or ``fp16``
+            (its weights are cast, which is faster than autocast for a model that is never
+            trained); ``auto`` follows ``precision``. Applies to the teacher's forward passes
+            while distilling, its cached logits and its final evaluation; its fine-tune stage
+            runs under ``precision``.
+        compile: compile student and teacher with ``torch.compile`` (dynamic shapes); the
+            first steps are slow while it compiles.
+        compile_backend: ``torch.compile`` backend (``inductor``; ``eager`` checks the wiring).
         progress: show progress bars.
         num_workers: DataLoader worker processes.
         group_by_length: training batches group examples of similar length (random batches,
@@ -46,6 +77,9 @@ class EngineSettings:
     seed: int = 42
     device: str = "auto"
     precision: str = "auto"
+    teacher_precision: str = "auto"
+    compile: bool = False
+    compile_backend: str = "inductor"
     progress: bool = True
     num_workers: int = 0
     group_by_length: bool = True
@@ -69,6 +103,9 @@ class EngineSettings:
             raise ConfigError(
                 f"trainer.precision='{self.precision}' is not one of {', '.join(PRECISIONS)}"
             )
+        if self.teacher_precision not in TEACHER_PRECISIONS:
+            raise ConfigError(f"trainer.teacher_precision='{self.teacher_precision}' is not one "
+                              f"of {', '.join(TEACHER_PRECISIONS)}")
 
     def resolve_device(self) -> torch.device:
         """The torch device for ``device`` (``auto`` picks cuda when present)."""
@@ -83,10 +120,22 @@ class EngineSettings:
                               "use trainer.device=auto or cpu")
         return device
 
+    def resolved_precision(self, device: torch.device) -> str:
+        """``precision`` with ``auto`` resolved for ``device``: fp32, bf16 or fp16."""
+        if self.precision != "auto":
+            return self.precision
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        if device.type == "cpu":
+            return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "fp32"
+
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        """The autocast dtype for ``device`` (None: full fp32)."""
-        if self.precision == "bf16":
-            return torch.bfloat16
-        if self.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
+        """The student's autocast dtype for ``device`` (None: full fp32)."""
+        return DTYPES[self.resolved_precision(device)]
+
+    def teacher_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The dtype the frozen teacher's weights are cast to (None: fp32, unchanged)."""
+        if self.teacher_precision == "auto":
+            return self.autocast_dtype(device)
+        return DTYPES[self.teacher_precision]

@@ -58,16 +58,28 @@ class TrainResult:
     evals: list[dict] = field(default_factory=list)
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """A float32 copy made outside inference mode (the loss may save it for backward)."""
+    return t.to(torch.float32, copy=True) if t.is_floating_point() else t.clone()
+
+
 def _plain_outputs(out) -> dict:
-    """Model outputs as ordinary tensors (out of inference mode, so the loss may save them for
-    backward): ``logits`` and, when present, the ``hidden_states`` / ``attentions`` tuples."""
+    """Model outputs as ordinary float32 tensors: ``logits`` and, when present, the
+    ``hidden_states`` / ``attentions`` tuples (a bf16/fp16 teacher's too)."""
     plain = {}
     for key, value in out.items():
         if isinstance(value, torch.Tensor):
-            plain[key] = value.clone()
+            plain[key] = _plain(value)
         elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
-            plain[key] = tuple(v.clone() for v in value)
+            plain[key] = tuple(_plain(v) for v in value)
     return plain
+
+
+def frozen(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
+    """Prepares a model that is only ever run forward: on ``device``, in eval mode, without
+    gradients, its weights cast to ``dtype`` (None: unchanged)."""
+    model = model.to(device) if dtype is None else model.to(device=device, dtype=dtype)
+    return model.eval().requires_grad_(False)
 
 
 class Distiller:
@@ -102,11 +114,19 @@ class Distiller:
         self.settings = settings
         self.device = settings.resolve_device()
         self.autocast_dtype = settings.autocast_dtype(self.device)
+        self.teacher_dtype = settings.teacher_dtype(self.device)
         self.student = student.to(self.device)
         self.loss = loss.to(self.device)
         self.teacher = None
         if teacher is not None and getattr(loss, "needs_teacher", True):
-            self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+            self.teacher = frozen(teacher, self.device, self.teacher_dtype)
+        # fp16 needs loss scaling; for bf16 and fp32 the scaler is a no-op
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.autocast_dtype == torch.float16)
+        if settings.compile:
+            for model in (self.student, self.teacher):
+                if model is not None:  # in place: state_dict keys and the class stay the same
+                    model.compile(dynamic=True, backend=settings.compile_backend)
         self.optimizer_factory = optimizer_factory
         self.scheduler_factory = scheduler_factory
         self.writer = writer
@@ -117,6 +137,12 @@ class Distiller:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _teacher_autocast(self):
+        """Autocast off for a teacher whose weights were cast (it already runs in its dtype)."""
+        if self.teacher_dtype is not None:
+            return torch.autocast(self.device.type, enabled=False)
+        return self._autocast()
 
     def total_steps(self, train_loader: DataLoader) -> int:
         """Optimizer steps the run will take."""
@@ -140,7 +166,7 @@ class Distiller:
                 raise TrainingError("the loss needs teacher outputs but there is no teacher "
                                     "and the batch carries no teacher_logits")
             return None
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._teacher_autocast():
             out = self.teacher(**inputs, **flags)
         return _plain_outputs(out)
 
@@ -160,9 +186,13 @@ class Distiller:
         return values
 
     def evaluate(self, model: nn.Module, loader: DataLoader, desc: str) -> dict[str, float]:
-        """Evaluates ``model`` (student or teacher) on ``loader`` with the run's precision."""
+        """Evaluates ``model`` on ``loader`` with the run's precision (a model whose weights
+        are not float32, such as a cast teacher, runs in its own dtype)."""
         model.to(self.device)
-        return evaluate(model, loader, self.device, self.autocast_dtype, desc=desc,
+        floating = next((p for p in model.parameters() if p.is_floating_point()), None)
+        dtype = self.autocast_dtype if floating is None or floating.dtype == torch.float32 \
+            else None
+        return evaluate(model, loader, self.device, dtype, desc=desc,
                         progress=self.settings.progress)
 
     def _eval_student(self, loader: DataLoader | None, step: int, result: TrainResult) -> None:
@@ -183,6 +213,7 @@ class Distiller:
             "student": self.student.state_dict(), "loss": self.loss.state_dict(),
             "optimizer": parts["optimizer"].state_dict(),
             "scheduler": parts["scheduler"].state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": capture_rng(), "total_steps": parts["total_steps"],
             "result": {"last_losses": dict(result.last_losses), "evals": list(result.evals),
                        "train_seconds": seconds},
@@ -200,6 +231,8 @@ class Distiller:
         self.loss.load_state_dict(resume["loss"])
         parts["optimizer"].load_state_dict(resume["optimizer"])
         parts["scheduler"].load_state_dict(resume["scheduler"])
+        if resume.get("scaler"):
+            self.scaler.load_state_dict(resume["scaler"])
         result.last_losses = dict(resume["result"]["last_losses"])
         result.evals = list(resume["result"]["evals"])
 
@@ -239,9 +272,10 @@ class Distiller:
                      epoch, skip)
             if step >= total_steps:  # killed after its last step: nothing left to train
                 restore_rng(resume["rng"])
-        log.info("training %d optimizer steps (batch %d x accumulation %d) on %s%s",
+        log.info("training %d optimizer steps (batch %d x accumulation %d) on %s, student %s%s",
                  total_steps, s.batch_size, s.grad_accum_steps, self.device,
-                 f" with {self.autocast_dtype} autocast" if self.autocast_dtype else "")
+                 f"{self.autocast_dtype} autocast" if self.autocast_dtype else "fp32",
+                 f", teacher {self.teacher_dtype or torch.float32}" if self.teacher else "")
         self.student.train()
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not s.progress,
@@ -278,13 +312,15 @@ class Distiller:
                 with self._autocast():
                     student_out = self.student(**inputs, **flags)
                     out = self.loss(student_out, teacher_out, batch_on_device)
-                (out.total / s.grad_accum_steps).backward()
+                self.scaler.scale(out.total / s.grad_accum_steps).backward()
                 micro += 1
                 if micro % s.grad_accum_steps:
                     continue
                 if s.max_grad_norm is not None:
+                    self.scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-                optimizer.step()
+                self.scaler.step(optimizer)
+                self.scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1

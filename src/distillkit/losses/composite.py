@@ -128,6 +128,14 @@ class DistillationLoss(nn.Module):
         """Whether the forward pass needs teacher outputs at all."""
         return (self.kd is not None and self.alpha > 0) or bool(self.intermediate.plan)
 
+    def teacher_depth(self) -> int | None:
+        """The deepest teacher layer any term reads, when no term ever reads the teacher's
+        logits (then the teacher's higher layers need not run); None otherwise."""
+        logits = self.kd is not None and self.alpha > 0 and self.prediction_weight > 0
+        if logits or not self.intermediate.plan:
+            return None
+        return max(pair.teacher for _, pair, _ in self.intermediate.plan)
+
     def required_features(self) -> set[str]:
         """Model outputs this loss reads now (the engine computes nothing else)."""
         features = {"logits"}

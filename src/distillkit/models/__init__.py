@@ -3,7 +3,7 @@
 from distillkit.models.builders import bert_student, tiny_teacher
 from distillkit.models.bundle import ModelBundle, count_parameters, update_weights_digest
 from distillkit.models.compat import check_compatible
-from distillkit.models.copied import student_from_teacher
+from distillkit.models.copied import first_layers, student_from_teacher
 from distillkit.models.hf import packaged_classifier, pretrained_classifier, pretrained_student
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "bert_student",
     "check_compatible",
     "count_parameters",
+    "first_layers",
     "packaged_classifier",
     "pretrained_classifier",
     "pretrained_student",

@@ -65,3 +65,42 @@ def student_from_teacher(layers: list[int], init: str = "pretrained", *, teacher
     return ModelBundle(model=model, tokenizer=teacher.tokenizer,
                        name=f"{len(layers)} layers {layers} copied from {source.name}",
                        trained_head=source.trained_head)
+
+
+def first_layers(model: nn.Module, depth: int) -> nn.Module:
+    """A view of ``model`` that runs only its embeddings and first ``depth`` layers.
+
+    The view shares every parameter with ``model`` (nothing is copied, ``model`` is unchanged);
+    its hidden states 0..depth and attention maps 1..depth equal the full model's, its logits
+    do not. Used for a frozen teacher when no loss reads its logits.
+
+    Returns:
+        The view, or ``model`` itself when it has no more than ``depth`` layers or no
+        recognisable layer list.
+    """
+    try:
+        encoder, attr = _layer_list(model)
+    except ConfigError:
+        return model
+    layers = getattr(encoder, attr)
+    if depth >= len(layers):
+        return model
+
+    def shallow(module: nn.Module) -> nn.Module:
+        clone = copy.copy(module)
+        clone._modules = dict(module._modules)  # own child table; children stay shared
+        return clone
+
+    view = shallow(model)
+    base_name = model.base_model_prefix if hasattr(model, model.base_model_prefix) else None
+    base = shallow(getattr(model, base_name)) if base_name else view
+    owner = shallow(encoder)
+    setattr(owner, attr, nn.ModuleList(list(layers)[:depth]))
+    if base is not view:
+        setattr(view, base_name, base)
+    for name, child in base._modules.items():
+        if child is encoder:
+            base._modules[name] = owner
+    view.config = copy.deepcopy(model.config)
+    view.config.num_hidden_layers = depth
+    return view
