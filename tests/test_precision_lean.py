@@ -156,3 +156,14 @@ def test_memory_mapped_logits_reach_the_batches_in_row_order(data, tmp_path):
         assert all(seen[i] == ids[i] for i in seen)  # each example carries its own row
     finally:
         data.teacher_logits.clear()
+
+
+def test_compile_option_wraps_student_and_teacher(teacher, data):
+    import copy
+    loss = DistillationLoss(kd=SoftTargetCrossEntropy(), alpha=0.5, temperature=2.0)
+    student, result, distiller = _fit(teacher, copy.deepcopy(teacher.model), data, loss,
+                                      precision="fp32", compile=True, compile_backend="eager")
+    assert result.steps == 4
+    assert student._compiled_call_impl is not None  # nn.Module.compile ran, in place
+    assert distiller.teacher._compiled_call_impl is not None
+    assert not any(k.startswith("_orig_mod") for k in student.state_dict())  # same keys
