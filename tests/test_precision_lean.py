@@ -167,3 +167,27 @@ def test_compile_option_wraps_student_and_teacher(teacher, data):
     assert student._compiled_call_impl is not None  # nn.Module.compile ran, in place
     assert distiller.teacher._compiled_call_impl is not None
     assert not any(k.startswith("_orig_mod") for k in student.state_dict())  # same keys
+
+
+def test_teacher_dropout_keeps_the_teacher_stochastic(teacher, data):
+    import copy
+    loss = DistillationLoss(kd=SoftTargetCrossEntropy(), alpha=0.5, temperature=2.0)
+    _, _, on = _fit(teacher, copy.deepcopy(teacher.model), data, loss, precision="fp32",
+                    teacher_dropout=True)
+    _, _, off = _fit(teacher, copy.deepcopy(teacher.model), data, loss, precision="fp32")
+    assert on.teacher.training and not off.teacher.training
+
+
+@pytest.mark.e2e
+def test_teacher_dropout_bypasses_the_teacher_output_cache(tmp_path):
+    import json
+
+    from tests.conftest import TINY_RUN, run_cli
+    out = tmp_path / "run"
+    proc = run_cli([*TINY_RUN, "trainer.teacher_dropout=true", f"hydra.run.dir={out}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "teacher-output cache is bypassed" in (out / "distillkit.log").read_text()
+    stages = json.loads((out / "metrics.json").read_text())["stages"]
+    assert stages["teacher_logits"] == "not used"
+    assert not (tmp_path / "dk-cache" / "teacher_outputs").exists()

@@ -124,6 +124,10 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
         data.drop_transfer()
     cached_logits = bool(cfg.trainer.get("teacher_cache", True) and loss.needs_teacher
                          and loss.required_features() <= {"logits"})
+    if cached_logits and settings.teacher_dropout:
+        log.info("trainer.teacher_dropout=true: teacher outputs change every pass, the "
+                 "teacher-output cache is bypassed")
+        cached_logits = False
     logits_sources: dict[str, str] = {}
     if cached_logits:
         _stage("teacher outputs")

@@ -57,6 +57,8 @@ class EngineSettings:
             trained); ``auto`` follows ``precision``. Applies to the teacher's forward passes
             while distilling, its cached logits and its final evaluation; its fine-tune stage
             runs under ``precision``.
+        teacher_dropout: run the teacher with its dropout active (stochastic soft targets, as
+            some recipes do); its outputs then differ every pass, so they are never cached.
         compile: compile student and teacher with ``torch.compile`` (dynamic shapes); the
             first steps are slow while it compiles.
         compile_backend: ``torch.compile`` backend (``inductor``; ``eager`` checks the wiring).
@@ -78,6 +80,7 @@ class EngineSettings:
     device: str = "auto"
     precision: str = "auto"
     teacher_precision: str = "auto"
+    teacher_dropout: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
     progress: bool = True

@@ -120,6 +120,7 @@ class Distiller:
         self.teacher = None
         if teacher is not None and getattr(loss, "needs_teacher", True):
             self.teacher = frozen(teacher, self.device, self.teacher_dtype)
+            self.teacher.train(settings.teacher_dropout)  # dropout on: stochastic targets
         # fp16 needs loss scaling; for bf16 and fp32 the scaler is a no-op
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.autocast_dtype == torch.float16)
