@@ -79,6 +79,9 @@ def _format_summary(metrics: dict[str, Any]) -> str:
     inf = metrics["inference"]
     lines.append(f"inference speed-up on the same batches ({inf['device']}): "
                  f"{inf['speedup']:.2f}x")
+    if "precision" in inf:
+        lines.append(f"precision: student {inf['precision']['student']}, teacher "
+                     f"{inf['precision']['teacher']}")
     return "\n".join(lines)
 
 
