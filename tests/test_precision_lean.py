@@ -191,3 +191,37 @@ def test_teacher_dropout_bypasses_the_teacher_output_cache(tmp_path):
     stages = json.loads((out / "metrics.json").read_text())["stages"]
     assert stages["teacher_logits"] == "not used"
     assert not (tmp_path / "dk-cache" / "teacher_outputs").exists()
+
+
+def test_teacher_logits_pass_halves_its_batch_on_out_of_memory(teacher, data, tmp_path,
+                                                               monkeypatch):
+    import copy
+
+    from distillkit import teacher_outputs
+    monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path))
+    real = teacher_outputs.predict_logits
+    sizes = []
+
+    def predict(model, loader, *args, **kwargs):
+        sizes.append(len(next(iter(loader.batch_sampler))))
+        if sizes[-1] > 8:
+            raise torch.OutOfMemoryError("fake: batch too large")
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(teacher_outputs, "predict_logits", predict)
+    bundle = copy.deepcopy(teacher)
+    settings = EngineSettings(device="cpu", precision="fp32", progress=False,
+                              teacher_batch_size=32)
+    data.teacher_logits.clear()
+    try:
+        sources = teacher_outputs.attach_teacher_logits(bundle, data, settings)
+        assert sources == {"train": "computed"} and sizes == [32, 16, 8]
+        mapped = data.teacher_logits["train"]
+        assert isinstance(mapped, np.memmap)  # read back from disk, not kept in RAM
+        direct = real(bundle.model, data.loader("train", 64), torch.device("cpu"),
+                      progress=False).numpy()
+        from distillkit.data.sampling import restore_order
+        direct = restore_order(data.loader("train", 64).batch_sampler, direct)
+        np.testing.assert_allclose(mapped, direct, rtol=1e-5, atol=1e-6)
+    finally:
+        data.teacher_logits.clear()

@@ -2,7 +2,8 @@
 
 Logit-only losses need nothing from the teacher but its logits on the training examples, so
 the run computes them in one batched inference pass and stores them as a float32 ``.npy``
-under ``<cache>/teacher_outputs/<key>.npy`` (memory-mapped when read). The key hashes the
+under ``<cache>/teacher_outputs/<key>.npy``, memory-mapped when read: batches read their own
+rows from disk, so no split's logits need to be held in RAM. The key hashes the
 teacher's weights, the split's token ids, ``max_length`` and the teacher's precision
 (``trainer.teacher_precision``: the teacher runs with its weights cast), so every later run
 and every sweep job over the same teacher and data reads the file instead of running the
@@ -86,12 +87,32 @@ def _load_or_compute(teacher: ModelBundle, data: TextClassificationData, role: s
         return logits, "cache"
     device = settings.resolve_device()
     start = time.perf_counter()
-    loader = data.loader(role, settings.eval_batch_size, num_workers=settings.num_workers)
     model = frozen(teacher.model, device, settings.teacher_dtype(device))
-    logits = predict_logits(model, loader, device, desc=f"teacher logits {role}",
-                            progress=settings.progress).numpy()
+    batch_size = inference_batch_size(settings, device)
+    while True:
+        loader = data.loader(role, batch_size, num_workers=settings.num_workers)
+        try:  # the longest batches come first, so a batch too large fails at once
+            logits = predict_logits(model, loader, device, desc=f"teacher logits {role}",
+                                    progress=settings.progress).numpy()
+            break
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+            torch.cuda.empty_cache()
+            log.info("teacher logits: out of memory, retrying with batch size %d", batch_size)
     logits = restore_order(loader.batch_sampler, logits)  # length-sorted batches
     write_file(path, lambda fh, a=logits: np.save(fh, a))
-    log.info("teacher logits for '%s' (%d x %d) computed in %.0fs, cached at %s",
-             role, *logits.shape, time.perf_counter() - start, path)
-    return logits, "computed"
+    log.info("teacher logits for '%s' (%d x %d) computed in %.0fs (batch %d), cached at %s",
+             role, *logits.shape, time.perf_counter() - start, batch_size, path)
+    del logits  # from here on the split's logits are read from disk, like a cache hit
+    return np.load(path, mmap_mode="r"), "computed"
+
+
+def inference_batch_size(settings: EngineSettings, device: torch.device) -> int:
+    """Batch size of the teacher-logits pass: ``trainer.teacher_batch_size``, or when null,
+    on a GPU the largest that fits (from 1024 down, halved on out-of-memory), on a CPU
+    ``trainer.eval_batch_size`` (larger batches do not run faster there)."""
+    if settings.teacher_batch_size is not None:
+        return int(settings.teacher_batch_size)
+    return 1024 if device.type == "cuda" else int(settings.eval_batch_size)

@@ -57,6 +57,8 @@ class EngineSettings:
             trained); ``auto`` follows ``precision``. Applies to the teacher's forward passes
             while distilling, its cached logits and its final evaluation; its fine-tune stage
             runs under ``precision``.
+        teacher_batch_size: batch size of the teacher-logits pass (None: the largest that
+            fits on a GPU, ``eval_batch_size`` on a CPU).
         teacher_dropout: run the teacher with its dropout active (stochastic soft targets, as
             some recipes do); its outputs then differ every pass, so they are never cached.
         compile: compile student and teacher with ``torch.compile`` (dynamic shapes); the
@@ -80,6 +82,7 @@ class EngineSettings:
     device: str = "auto"
     precision: str = "auto"
     teacher_precision: str = "auto"
+    teacher_batch_size: Optional[int] = None  # noqa: UP045
     teacher_dropout: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
@@ -97,6 +100,8 @@ class EngineSettings:
             positive["trainer.max_steps"] = self.max_steps
         else:
             positive["trainer.epochs"] = self.epochs
+        if self.teacher_batch_size is not None:
+            positive["trainer.teacher_batch_size"] = self.teacher_batch_size
         if self.eval_every_steps is not None:
             positive["trainer.eval_every_steps"] = self.eval_every_steps
         for key, value in positive.items():
