@@ -230,14 +230,15 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
         "plan": [{"term": n, "student": p.student, "teacher": p.teacher, "weight": w}
                  for n, p, w in getattr(getattr(built["loss"], "intermediate", None), "plan",
                                         [])]})
+    pin = settings.resolve_device().type == "cuda"  # asynchronous host-to-GPU copies
     train_loader = data.loader("distil", settings.batch_size, shuffle=True, seed=settings.seed,
                                num_workers=settings.num_workers,
-                               by_length=settings.group_by_length)
+                               by_length=settings.group_by_length, pin_memory=pin)
     eval_loader = data.loader("eval", settings.eval_batch_size,
-                              num_workers=settings.num_workers)
+                              num_workers=settings.num_workers, pin_memory=pin)
     final_role = "test" if data.has_split("test") else "eval"
     final_loader = data.loader(final_role, settings.eval_batch_size,
-                               num_workers=settings.num_workers)
+                               num_workers=settings.num_workers, pin_memory=pin)
 
     # a resumed run drops the events logged after its checkpoint, then logs them again
     writer = SummaryWriter(log_dir=str(out_dir / "tb"),

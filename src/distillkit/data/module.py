@@ -255,7 +255,7 @@ class TextClassificationData:
 
     def loader(
         self, role: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-        num_workers: int = 0, by_length: bool = True,
+        num_workers: int = 0, by_length: bool = True, pin_memory: bool = False,
     ) -> DataLoader:
         """A DataLoader over a tokenised split with dynamic padding.
 
@@ -270,6 +270,7 @@ class TextClassificationData:
                 :mod:`distillkit.data.sampling`): with ``shuffle``, random length-grouped
                 batches; without, batches in length order (per-example outputs go back in
                 dataset order with :func:`~distillkit.data.sampling.restore_order`).
+            pin_memory: batches in page-locked memory (asynchronous copies to a GPU).
         """
         if self.tokenizer is None:
             raise RuntimeError("call tokenize(tokenizer) before loader()")
@@ -292,6 +293,7 @@ class TextClassificationData:
                        else SortedBatchSampler(lengths, batch_size))
             # the generator also seeds worker processes: iterating never touches the global RNG
             return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                              generator=generator, num_workers=num_workers)
+                              generator=generator, num_workers=num_workers,
+                              pin_memory=pin_memory)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=collate, num_workers=num_workers)
+                          collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory)
