@@ -1,8 +1,9 @@
 """Training-speed benchmark: distillkit's training paths and TextBrewer, on identical batches.
 
-Every case builds its models, data and batches from the same Hydra config as a run
-(``distillkit.run.build``: teacher stage, student, bound loss, cached teacher logits) and trains
-a fresh copy of the same student in this one process; steps are timed after a warm-up.
+Models, data and batches are built from the same Hydra config as a run (composed with the
+overrides given, through ``distillkit.run.build``: teacher stage, student, bound loss, cached
+teacher logits); every case trains a fresh copy of the same student on the same batches, all
+in this one process, and its steps are timed after a warm-up.
 
   (a) student alone (``loss=hard``)
   (b) logit KD, live teacher: the teacher runs every step (the ``trainer.teacher_cache=false``
