@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast lint fetch bench clean
+.PHONY: help setup run test test-fast lint fetch bench bench-tiny clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,8 +35,15 @@ lint: $(STAMP)  ## ruff lint of sources and tests
 fetch: $(STAMP)  ## download the offline teacher and SNLI data into the cache (DISTILLKIT_CACHE)
 	$(BIN)/distillkit fetch $(ARGS)
 
-bench: $(STAMP)  ## engine step-time benchmark (prints a table; not a test)
-	$(BIN)/python bench/engine_speed.py $(ARGS)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## training-speed benchmark on the real models (bench/speed.py --real; ARGS="--markdown")
+	$(BIN)/python bench/speed.py --real $(ARGS)
+
+bench-tiny: $(BENCH_STAMP)  ## the same benchmark on tiny models (seconds)
+	$(BIN)/python bench/speed.py $(ARGS)
 
 clean:  ## remove the virtualenv and caches (keeps outputs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist

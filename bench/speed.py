@@ -1,0 +1,376 @@
+"""Training-speed benchmark: distillkit's training paths and TextBrewer, on identical batches.
+
+Models, data and batches are built from the same Hydra config as a run (composed with the
+overrides given, through ``distillkit.run.build``: teacher stage, student, bound loss, cached
+teacher logits); every case trains a fresh copy of the same student on the same batches, all
+in this one process, and its steps are timed after a warm-up.
+
+  (a) student alone (``loss=hard``)
+  (b) logit KD, live teacher: the teacher runs every step (the ``trainer.teacher_cache=false``
+      path: batches without ``teacher_logits``, the engine given the teacher)
+  (c) logit KD from the cache: batches carry the teacher's cached ``teacher_logits`` and the
+      engine gets ``teacher=None``, exactly as ``distillkit.run`` does for a logit-only loss
+  (d) ``loss=mmd`` online: logit KD + ``hidden_mse`` + ``mmd`` over the uniform mapping
+  (e) TextBrewer's ``GeneralDistiller`` on (d)'s teacher, student, matches and batches
+
+(a)-(c) share one build and one list of batches (``loss=kd``; (a) trains on them with
+``loss=hard``, transfer-set rows included, where their hidden labels weigh nothing), (d)-(e)
+another (``loss=mmd``). Targets: (d)/(e) steps/s >= 1.5 and (c)/(a) step time <= 1.10.
+
+    python bench/speed.py                        # tiny models and data (seconds; make bench-tiny)
+    python bench/speed.py --real                 # make bench: MiniLM-L6 teacher, SNLI,
+                                                 #   copy3 student for (a)-(c), bert4l for (d)-(e)
+    python bench/speed.py --real --markdown --json bench/speed.json
+    python bench/speed.py --real --cases c,a --precision bf16 trainer.batch_size=64
+
+The real setting reuses the cached fine-tuned teacher and teacher logits (a first run on a
+machine computes them: see the README's default run). A precision other than the cached one
+(e.g. ``--precision bf16`` on a CPU) is a different teacher cache entry, fine-tuned once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import datasets
+import transformers
+from _common import (
+    TINY,
+    Setup,
+    Timing,
+    loss_for,
+    machine,
+    prepare,
+    textbrewer_version,
+    train_distillkit,
+    train_textbrewer,
+    without_teacher_logits,
+)
+
+CASES = {
+    "a": "student alone (loss=hard)",
+    "b": "logit KD, live teacher every step",
+    "c": "logit KD, cached teacher logits",
+    "d": "loss=mmd online (KD+hidden_mse+mmd)",
+    "e": "TextBrewer GeneralDistiller, as (d)",
+}
+TARGET_C_OVER_A = "1.10"  # (c)/(a) step time, at most
+TARGET_D_OVER_E = "1.50"  # (d)/(e) steps/s, at least
+SKIP_E = ('(e) skipped: textbrewer is not installed (pip install -e ".[bench]", i.e. '
+          "textbrewer==0.2.1.post1)")
+
+
+def configs(real: bool, user: list[str]) -> dict[str, list[str]]:
+    """The overrides of the (a)-(c) build (``kd``), (a)'s loss (``hard``) and the (d)-(e) build."""
+    base = [] if real else list(TINY)
+    # bert4l is 312 wide against MiniLM's 384; the tiny student is narrowed to 16 (teacher 32)
+    # so that (d)/(e) train the hidden_mse projections on tiny models too
+    student = ["student=bert4l"] if real else ["student.hidden_size=16"]
+    return {"kd": [*base, "loss=kd", *user], "hard": [*base, "loss=hard", *user],
+            "mmd": [*base, *student, "loss=mmd", *user]}
+
+
+def _case(key: str, timings: list[Timing]) -> dict[str, Any]:
+    """One case's results: the median round's step time; the largest memory increase."""
+    per_step = sorted(t.seconds_per_step for t in timings)
+    median = statistics.median(per_step)
+    first = timings[0]
+    memory = max(timings, key=lambda t: t.memory.rss_increase_mib or 0.0).memory
+    return {"case": key, "name": CASES[key], "s_per_step": median,
+            "steps_per_s": 1.0 / median, "tokens_per_s": first.tokens / (median * first.steps),
+            "timed_steps": first.steps, "tokens": first.tokens,
+            "rounds_s_per_step": [t.seconds_per_step for t in timings],
+            "case_seconds": [round(t.total_seconds, 3) for t in timings],
+            "memory": memory.as_dict()}
+
+
+def _build_info(name: str, setup: Setup) -> dict[str, Any]:
+    built = setup.built
+    return {"group": name, "seconds": round(setup.build_seconds, 2),
+            "memory": setup.build_memory.as_dict(),
+            "teacher": built["teacher"].name, "teacher_origin": getattr(
+                built["teacher"], "origin", "as given"),
+            "student": built["student"].name, "cached_logits": built["cached_logits"],
+            "teacher_logits": built["logits_sources"] or "not used",
+            "pairs": [f"{p.student}-{p.teacher}" for p in built["pairs"]]}
+
+
+def _rounds(cases: dict[str, Callable[[int, int], Timing]], warmup: int, steps: int,
+            rounds: int) -> list[dict[str, Any]]:
+    """Runs every case ``rounds`` times, interleaved (a, b, c, a, b, c, ...), so that a load
+    change on the machine spreads over the cases instead of landing on one.
+
+    Each case is called as ``train(warmup, steps)``. One-time costs (lazy initialisation,
+    allocator growth, kernel caches for new shapes) would land in the first case's time and
+    memory, so a throwaway 2-step run of the first case pays them before anything is timed.
+    """
+    if not cases:
+        return []
+    log = logging.getLogger("bench")
+    next(iter(cases.values()))(0, 1)
+    timings: dict[str, list[Timing]] = {key: [] for key in cases}
+    for r in range(rounds):
+        for key, train in cases.items():
+            log.info("round %d/%d: case (%s) %s", r + 1, rounds, key, CASES[key])
+            timings[key].append(train(warmup, steps))
+    return [_case(key, t) for key, t in timings.items()]
+
+
+def run_kd_group(setup: Setup, hard_overrides: list[str], wanted: list[str], warmup: int,
+                 steps: int, rounds: int) -> list[dict[str, Any]]:
+    """Cases (a)-(c) on one build with ``loss=kd`` (and its cached teacher logits); (a)'s loss
+    is composed from ``hard_overrides``. Every case trains a fresh copy of the same student."""
+    built = setup.built
+    student, teacher = built["student"].model, built["teacher"].model
+    live = without_teacher_logits(setup.batches)
+    if "c" in wanted and not (built["cached_logits"] and "teacher_logits" in setup.batches[0]):
+        raise SystemExit("(c) needs the cached teacher logits, which this config does not use "
+                         "(trainer.teacher_cache=false in the overrides?)")
+    cases = {
+        # (a): no teacher; the live batches (teacher_logits dropped)
+        "a": lambda w, n: train_distillkit(setup, copy.deepcopy(student), None,
+                                           loss_for(hard_overrides, setup), live, w, n),
+        # (b): the teacher_cache=false path: no teacher_logits, the engine runs the teacher
+        "b": lambda w, n: train_distillkit(setup, copy.deepcopy(student), teacher,
+                                           copy.deepcopy(built["loss"]), live, w, n),
+        # (c): run.py's cached path: teacher_logits in every batch, teacher=None
+        "c": lambda w, n: train_distillkit(setup, copy.deepcopy(student), None,
+                                           copy.deepcopy(built["loss"]), setup.batches, w, n),
+    }
+    return _rounds({k: v for k, v in cases.items() if k in wanted}, warmup, steps, rounds)
+
+
+def run_mmd_group(setup: Setup, wanted: list[str], warmup: int, steps: int,
+                  rounds: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Cases (d)-(e) on one build with ``loss=mmd``; (e) skipped without textbrewer."""
+    built = setup.built
+    student, teacher = built["student"].model, built["teacher"].model
+    cases = {
+        "d": lambda w, n: train_distillkit(setup, copy.deepcopy(student), teacher,
+                                           copy.deepcopy(built["loss"]), setup.batches, w, n),
+        "e": lambda w, n: train_textbrewer(setup, copy.deepcopy(student), setup.batches, w, n),
+    }
+    skipped = []
+    if "e" in wanted and textbrewer_version() is None:
+        skipped.append(SKIP_E)
+        wanted = [k for k in wanted if k != "e"]
+    return (_rounds({k: v for k, v in cases.items() if k in wanted}, warmup, steps, rounds),
+            skipped)
+
+
+def ratios(cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The target ratios: (c)/(a) step time and (d)/(e) steps/s (None when a case is missing)."""
+    def ratio(num: str, den: str, key: str) -> float | None:
+        if num in cases and den in cases:
+            return cases[num][key] / cases[den][key]
+        return None
+    c_a = ratio("c", "a", "s_per_step")
+    d_e = ratio("d", "e", "steps_per_s")
+    return {
+        "c_over_a_step_time": {"value": c_a, "target": f"<= {TARGET_C_OVER_A}",
+                               "met": None if c_a is None else c_a <= float(TARGET_C_OVER_A)},
+        "d_over_e_steps_per_s": {"value": d_e, "target": f">= {TARGET_D_OVER_E}",
+                                 "met": None if d_e is None else d_e >= float(TARGET_D_OVER_E)},
+    }
+
+
+def _mib(mem: dict[str, Any], kind: str) -> str:
+    peak, inc = mem[f"{kind}_peak_mib"], mem[f"{kind}_increase_mib"]
+    return "n/a" if peak is None else f"{peak:.0f} (+{inc:.1f})"
+
+
+def _ratio_lines(result: dict[str, Any]) -> list[str]:
+    lines = []
+    for label, key in (("(c)/(a) step time", "c_over_a_step_time"),
+                       ("(d)/(e) steps/s", "d_over_e_steps_per_s")):
+        r = result["ratios"][key]
+        if r["value"] is None:
+            need = "a and c" if key.startswith("c") else "d and e"
+            lines.append(f"{label}: n/a (needs cases {need}; target {r['target']})")
+        else:
+            lines.append(f"{label}: {r['value']:.2f} (target {r['target']}: "
+                         f"{'met' if r['met'] else 'NOT met'})")
+    return lines
+
+
+def _rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    cuda = result["meta"]["device"].startswith("cuda")
+    header = ["case", "s/step", "steps/s", "time vs (a)", "tokens/s", "peak RSS MiB (+case)"]
+    if cuda:
+        header.append("peak CUDA MiB (+case)")
+    base = next((c["s_per_step"] for c in result["cases"] if c["case"] == "a"), None)
+    rows = []
+    for c in result["cases"]:
+        row = [f"({c['case']}) {c['name']}", f"{c['s_per_step']:.4f}",
+               f"{c['steps_per_s']:.2f}",
+               "n/a" if base is None else f"{c['s_per_step'] / base:.2f}",
+               f"{c['tokens_per_s']:,.0f}", _mib(c["memory"], "rss")]
+        if cuda:
+            row.append(_mib(c["memory"], "cuda"))
+        rows.append(row)
+    return header, rows
+
+
+GROUP_CASES = {"kd": "(a)-(c)", "mmd": "(d)-(e)"}
+
+
+def _build_lines(result: dict[str, Any]) -> list[str]:
+    lines = []
+    for b in result["builds"]:
+        logits = b["teacher_logits"]
+        logits = logits if isinstance(logits, str) else ", ".join(
+            f"{k} {v}" for k, v in logits.items())
+        lines.append(f"build {GROUP_CASES[b['group']]}: {b['seconds']:.1f} s, peak RSS "
+                     f"{_mib(b['memory'], 'rss')} MiB; teacher {b['teacher_origin']}, "
+                     f"teacher logits: {logits}; student {b['student']}; "
+                     f"pairs {', '.join(b['pairs']) or 'none'}")
+    return lines
+
+
+def _header(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The report's header lines as (label, text)."""
+    m = result["meta"]
+    mach = m["machine"]
+    rounds = f", median of {m['repeat']} interleaved rounds" if m["repeat"] > 1 else ""
+    return [
+        ("date", m["date"]),
+        ("machine", f"{mach['cpu']}, {mach['cores']} cores, "
+                    f"{'GPU ' + mach['gpu'] if mach['gpu'] else 'no GPU'}"),
+        ("versions", f"torch {mach['torch']}, transformers {mach['transformers']}, "
+                     f"textbrewer {mach['textbrewer'] or 'not installed'}, "
+                     f"python {mach['python']}"),
+        ("threads", f"{mach['threads']} (OMP_NUM_THREADS={mach['omp_num_threads'] or 'unset'})"),
+        ("steps", f"{m['steps']} timed after {m['warmup']} warm-up{rounds}; batch size "
+                  f"{m['batch_size']} x accumulation {m['grad_accum_steps']}; "
+                  f"device {m['device']}, {m['precision']}"),
+        ("command", m["command"]),
+        *((f"config {GROUP_CASES[g]}", " ".join(o)) for g, o in m["overrides"].items()),
+    ]
+
+
+def format_text(result: dict[str, Any]) -> str:
+    """The plain-text report."""
+    lines = [f"distillkit speed benchmark ({'real' if result['meta']['real'] else 'tiny'} "
+             "models)"]
+    lines += [f"{label}: {text}" for label, text in _header(result)] + _build_lines(result)
+    header, rows = _rows(result)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = [str.ljust] + [str.rjust] * (len(header) - 1)
+    table = ["  ".join(f(c, w) for f, c, w in zip(fmt, r, widths, strict=True))
+             for r in [header, *rows]]
+    lines += ["", table[0], "-" * len(table[0]), *table[1:], ""]
+    lines += result["skipped"] + _ratio_lines(result)
+    return "\n".join(lines)
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """A markdown section, ready to paste into ``bench/RESULTS.md``."""
+    m = result["meta"]
+    lines = [f"### {'Real' if m['real'] else 'Tiny'} models, {m['date']}", ""]
+    lines += [f"- {label}: `{text}`" if label in ("command",) or label.startswith("config")
+              else f"- {label}: {text}" for label, text in _header(result)]
+    lines += [f"- {line}" for line in _build_lines(result)] + [""]
+    header, rows = _rows(result)
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", *(f"{line}  " for line in result["skipped"] + _ratio_lines(result))]
+    return "\n".join(lines).rstrip()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs the benchmark; prints the report and returns the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("overrides", nargs="*",
+                        help="extra Hydra overrides for every case, e.g. trainer.batch_size=64")
+    parser.add_argument("--real", action="store_true",
+                        help="MiniLM-L6 teacher and SNLI; copy3 (a-c) and bert4l (d-e) students")
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per case")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of the cases, interleaved; the median round is reported")
+    parser.add_argument("--cases", default="a,b,c,d,e", help="comma-separated subset of a-e")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                        help="trainer.precision for every case (default: the config's)")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print a markdown section for bench/RESULTS.md")
+    parser.add_argument("-v", "--verbose", action="store_true", help="distillkit's log too")
+    args = parser.parse_args(argv)
+    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(wanted) - set(CASES))
+    if unknown or not wanted:
+        parser.error(f"--cases: unknown {unknown}; pick from {', '.join(CASES)}")
+    if args.steps < 1 or args.warmup < 0 or args.repeat < 1:
+        parser.error("--steps and --repeat must be >= 1, --warmup >= 0")
+    wanted = sorted(set(wanted))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    if not args.verbose:
+        datasets.disable_progress_bars()  # tokenisation bars of every build
+        transformers.logging.set_verbosity_error()
+    user = [*args.overrides, *([f"trainer.precision={args.precision}"] if args.precision
+                               else [])]
+    overrides = configs(args.real, user)
+    total_steps = args.warmup + args.steps + 1
+    cases, builds, skipped, settings = [], [], [], None
+    kd_cases = [c for c in wanted if c in "abc"]
+    if kd_cases:
+        setup = prepare(overrides["kd"], total_steps)
+        settings = setup.settings
+        builds.append(_build_info("kd", setup))
+        cases += run_kd_group(setup, overrides["hard"], kd_cases, args.warmup, args.steps,
+                              args.repeat)
+        del setup
+        gc.collect()
+    mmd_cases = [c for c in wanted if c in "de"]
+    if mmd_cases == ["e"] and textbrewer_version() is None:
+        skipped.append(SKIP_E)  # nothing left to build for
+    elif mmd_cases:
+        setup = prepare(overrides["mmd"], total_steps)
+        settings = settings or setup.settings
+        builds.append(_build_info("mmd", setup))
+        out, skip = run_mmd_group(setup, mmd_cases, args.warmup, args.steps, args.repeat)
+        cases += out
+        skipped += skip
+        del setup
+        gc.collect()
+
+    by_key = {c["case"]: c for c in cases}
+    device = str(settings.resolve_device()) if settings else "n/a"
+    dtype = settings.autocast_dtype(settings.resolve_device()) if settings else None
+    result = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "real": args.real,
+            "steps": args.steps, "warmup": args.warmup, "repeat": args.repeat,
+            "batch_size": settings.batch_size if settings else None,
+            "grad_accum_steps": settings.grad_accum_steps if settings else None,
+            "device": device,
+            "precision": f"{str(dtype).removeprefix('torch.')} autocast" if dtype else "fp32",
+            "command": " ".join(["python", *sys.argv]),
+            "overrides": {b["group"]: overrides[b["group"]] for b in builds},
+        },
+        "builds": builds, "cases": cases, "skipped": skipped, "ratios": ratios(by_key),
+    }
+    report = format_markdown(result) if args.markdown else format_text(result)
+    print(report)  # noqa: T201 - the benchmark's report
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results written to {args.json}")  # noqa: T201
+    return result
+
+
+if __name__ == "__main__":
+    main()
