@@ -375,6 +375,9 @@ def train_distillkit(setup: Setup, student: torch.nn.Module, teacher: torch.nn.M
     """
     s = copy.copy(setup.settings)
     s.max_steps = warmup + steps + 1
+    # the engine casts the teacher to trainer.teacher_precision in place: a copy keeps the
+    # shared fp32 teacher intact for the other cases
+    teacher = copy.deepcopy(teacher) if teacher is not None else None
     wrapped, tokens = timed_batches(batches, warmup, steps, s.grad_accum_steps,
                                     s.resolve_device())
     set_seed(s.seed)
@@ -425,14 +428,16 @@ def textbrewer_matches(loss: Any, student_width: int, teacher_width: int) -> lis
 
 
 def train_textbrewer(setup: Setup, student: torch.nn.Module, batches: Sequence[dict],
-                     warmup: int, steps: int) -> Timing:
+                     warmup: int, steps: int, autocast: bool = False) -> Timing:
     """Trains ``student`` with TextBrewer's ``GeneralDistiller`` on ``batches``.
 
     Same teacher, matches (:func:`textbrewer_matches`), optimizer, LR schedule, gradient
     clipping and accumulation as the distillkit run of ``setup``; TextBrewer logs its losses
     to TensorBoard every step (its own behaviour with a ``log_dir``). TextBrewer has no bf16
-    option: when the run uses autocast, TextBrewer's training runs inside the same
-    ``torch.autocast``. Its KD term has no T² factor, so ``kd_loss_weight = alpha * T²``.
+    option (its mixed precision is apex fp16, GPU only): as shipped it trains in fp32, with
+    an fp32 teacher; with ``autocast`` its training runs inside the run's ``torch.autocast``
+    (teacher weights still fp32). Its KD term has no T² factor, so
+    ``kd_loss_weight = alpha * T²``.
     Runs ``warmup + steps + 1`` optimizer steps and times ``steps``.
     """
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
@@ -440,7 +445,8 @@ def train_textbrewer(setup: Setup, student: torch.nn.Module, batches: Sequence[d
     s = setup.settings
     loss, teacher = setup.built["loss"], setup.built["teacher"].model
     device = s.resolve_device()
-    dtype = s.autocast_dtype(device)
+    dtype = s.autocast_dtype(device) if autocast else None
+    teacher = copy.deepcopy(teacher)  # fp32, whatever another case did to the shared one
     hard = HardCrossEntropy()
     total = warmup + steps + 1
     wrapped, tokens = timed_batches(
