@@ -188,3 +188,32 @@ def test_teacher_cache_key_hashes_every_training_row(fake_snli):
         data.tokenize(tiny_tokenizer())
         keys.append(cache_key(teacher, data, FinetuneSettings(), seed=0))
     assert keys[0] != keys[1]
+
+
+def test_finetune_precision_picks_the_teacher_independently_of_the_student(tmp_path,
+                                                                           monkeypatch):
+    """A bf16 fine-tuned teacher is reused by an fp32 student run that asks for it."""
+    from functools import partial
+
+    from distillkit.data import TextClassificationData, synthetic_nli
+    from distillkit.engine import EngineSettings
+    from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
+
+    monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path))
+    data = TextClassificationData(partial(synthetic_nli, n_train=32, n_validation=8, n_test=0),
+                                  text_column="premise", text_pair_column="hypothesis",
+                                  labels=LABELS, max_length=16)
+    teacher = tiny_teacher(labels=LABELS)
+    data.tokenize(teacher.tokenizer)
+
+    def prepare(run_precision, finetune_precision):
+        engine = EngineSettings(device="cpu", progress=False, precision=run_precision)
+        settings = FinetuneSettings(epochs=1, precision=finetune_precision)
+        return prepare_teacher(teacher, "auto", settings, data, engine)
+
+    first = prepare("bf16", "auto")
+    assert first.origin == "fine-tuned"
+    assert prepare("fp32", "bf16").origin == "cache"  # same teacher, fp32 student run
+    assert prepare("fp32", "auto").origin == "fine-tuned"  # an fp32 fine-tune is another one
+    with pytest.raises(ConfigError, match="finetune_settings.precision='fp8'"):
+        prepare("fp32", "fp8")

@@ -26,6 +26,7 @@ from transformers import set_seed
 from distillkit.assets import cache_root
 from distillkit.data import TextClassificationData
 from distillkit.engine import Distiller, EngineSettings
+from distillkit.engine.settings import PRECISIONS
 from distillkit.errors import ConfigError
 from distillkit.io import write_dir, write_json
 from distillkit.locks import file_lock
@@ -47,6 +48,9 @@ class FinetuneSettings:
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_ratio: linear warm-up fraction of the steps, then linear decay.
+        precision: compute precision of the fine-tune (``fp32``, ``bf16``, ``fp16``);
+            ``auto`` follows ``trainer.precision``. Set it to compare students trained in
+            different precisions against one and the same teacher.
     """
 
     epochs: int = 1
@@ -54,6 +58,7 @@ class FinetuneSettings:
     lr: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
+    precision: str = "auto"
 
     @classmethod
     def from_config(cls, values: dict | None) -> FinetuneSettings:
@@ -76,8 +81,10 @@ def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: Fine
     digest = hashlib.sha256()
     update_weights_digest(teacher.model, digest)
     raw = data.raw["train"]
+    fields = dataclasses.asdict(settings)
+    fields.pop("precision")  # named by ``precision``, resolved (auto -> the dtype it ran in)
     meta = {"vocab": sorted(teacher.tokenizer.get_vocab().items()), "labels": data.labels,
-            "max_length": data.max_length, "settings": dataclasses.asdict(settings),
+            "max_length": data.max_length, "settings": fields,
             "seed": seed, "precision": precision}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for column in sorted(raw.column_names):  # every value: a Column's repr shows only 5 rows
@@ -86,10 +93,21 @@ def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: Fine
     return digest.hexdigest()[:20]
 
 
+def _precision(settings: FinetuneSettings, engine: EngineSettings) -> str:
+    """The fine-tune's ``trainer.precision``: its own, or the run's for ``auto``."""
+    if settings.precision == "auto":
+        return engine.precision
+    if settings.precision not in PRECISIONS:
+        raise ConfigError(f"teacher.finetune_settings.precision='{settings.precision}' is not "
+                          f"one of {', '.join(PRECISIONS)}")
+    return settings.precision
+
+
 def _finetune(model: torch.nn.Module, data: TextClassificationData,
               settings: FinetuneSettings, engine: EngineSettings) -> tuple[dict, float]:
     loop = dataclasses.replace(engine, epochs=settings.epochs, max_steps=None,
-                               batch_size=settings.batch_size, eval_every_steps=None)
+                               batch_size=settings.batch_size, eval_every_steps=None,
+                               precision=_precision(settings, engine), compile=False)
     set_seed(loop.seed)
     distiller = Distiller(
         student=model, teacher=None, loss=DistillationLoss(kd=None, alpha=0.0),
@@ -151,7 +169,8 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
             log.warning("teacher '%s' has an untrained head and teacher.finetune=false: "
                         "its soft labels are noise", teacher.name)
         return teacher
-    dtype = engine.autocast_dtype(engine.resolve_device())
+    tuned = dataclasses.replace(engine, precision=_precision(settings, engine))
+    dtype = tuned.autocast_dtype(tuned.resolve_device())
     key = cache_key(teacher, data, settings, engine.seed, str(dtype or "fp32"))
     path = cache_root() / "teachers" / key
     with file_lock(path.with_name(f"{key}.lock")):  # parallel sweep jobs: one fine-tunes
