@@ -76,6 +76,7 @@ class DataSchema:
     max_eval_samples: Optional[int] = None  # noqa: UP045
     transfer_split: Optional[str] = None  # noqa: UP045
     max_transfer_samples: Optional[int] = None  # noqa: UP045
+    id_column: Optional[str] = None  # noqa: UP045 - null: row index within the split
 
 
 def register_schemas() -> None:
