@@ -83,13 +83,23 @@ def _load_or_compute(teacher: ModelBundle, data: TextClassificationData, role: s
         log.info("teacher logits for '%s' (%d x %d) read from cache %s: no teacher pass",
                  role, *logits.shape, path)
         return logits, "cache"
-    device = settings.resolve_device()
     start = time.perf_counter()
-    loader = data.loader(role, settings.eval_batch_size, num_workers=settings.num_workers)
-    logits = predict_logits(teacher.model, loader, device, settings.autocast_dtype(device),
-                            desc=f"teacher logits {role}", progress=settings.progress).numpy()
-    logits = restore_order(loader.batch_sampler, logits)  # length-sorted batches
+    logits = compute_logits(teacher, data, role, settings)
     write_file(path, lambda fh, a=logits: np.save(fh, a))
     log.info("teacher logits for '%s' (%d x %d) computed in %.0fs, cached at %s",
              role, *logits.shape, time.perf_counter() - start, path)
     return logits, "computed"
+
+
+def compute_logits(teacher: ModelBundle, data: TextClassificationData, role: str,
+                   settings: EngineSettings) -> np.ndarray:
+    """The teacher's raw logits for every example of a tokenised split, in dataset order.
+
+    One inference pass over length-sorted batches of ``settings.eval_batch_size`` with the
+    run's device and precision; float32, shape ``(examples, labels)``.
+    """
+    device = settings.resolve_device()
+    loader = data.loader(role, settings.eval_batch_size, num_workers=settings.num_workers)
+    logits = predict_logits(teacher.model, loader, device, settings.autocast_dtype(device),
+                            desc=f"teacher logits {role}", progress=settings.progress).numpy()
+    return restore_order(loader.batch_sampler, logits)  # length-sorted batches
