@@ -311,3 +311,34 @@ def test_offline_errors_are_one_line_and_exit_2(tmp_path, tok_dir, case):
     assert "Traceback" not in output
     assert "stage: teacher" not in output, "refused before any tokenising or teacher work"
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+@pytest.mark.assets
+@pytest.mark.e2e
+def test_snli_slice_exports_by_pair_id_and_distils_offline(tmp_path):
+    """The packaged teacher + SNLI: train and transfer logits exported by pairID, then a
+    bert4l student distilled from the two files with the default minilm6 tokenizer."""
+    from distillkit.assets import cache_root
+
+    env = {"DISTILLKIT_CACHE": str(cache_root())}
+    data = ["data.source.train_size=64", "data.source.validation_size=32",
+            "data.max_eval_samples=32", "data.max_transfer_samples=32", "trainer.progress=false"]
+    files = {split: tmp_path / f"{split}.tsv" for split in ("train", "transfer")}
+    for split, path in files.items():
+        _ok(run_cli([*data, "teacher.finetune_settings.batch_size=16", "mode=export_logits", f"export.split={split}",
+                     f"export.path={path}", f"hydra.run.dir={tmp_path / split}"],
+                    cwd=tmp_path, env=env))
+    from distillkit.data import snli
+
+    ids = read_logits(files["train"]).ids
+    assert ids == list(snli(train_size=64, validation_size=32)["train"]["pairID"])
+    assert not set(ids) & set(read_logits(files["transfer"]).ids)
+    run_dir = tmp_path / "offline"
+    proc = _ok(run_cli([*data, "teacher=offline", f"teacher.logits_path={files['train']}",
+                        f"teacher.transfer_logits_path={files['transfer']}", "student=bert4l",
+                        "trainer.max_steps=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                       env=env))
+    assert "teacher logits for 'transfer' (32 x 3) matched by id" in proc.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stages"]["teacher_logits"] == {"train": "file", "transfer": "file"}
+    assert metrics["student"]["examples"] == 32 and metrics["teacher"]["accuracy"] is None
