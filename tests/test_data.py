@@ -93,3 +93,32 @@ def test_missing_split_lists_available():
                                   eval_split="dev")
     with pytest.raises(DataError, match="split 'dev'.*train, validation"):
         data.prepare()
+
+
+def test_row_ids_follow_dropped_rows_and_limits_and_stay_out_of_batches(tmp_path):
+    rows = [{"text": f"t{i}", "label": "-" if i == 1 else "a", "uid": f"u{i}"}
+            for i in range(5)]
+    path = _write_jsonl(tmp_path / "t.jsonl", rows)
+    source = partial(local_files, train=str(path), validation=str(path))
+    data = TextClassificationData(source, labels=["a"], drop_labels=["-"], id_column="uid",
+                                  max_train_samples=3)
+    data.tokenize(tiny_tokenizer())
+    assert data.row_ids("train") == ["u0", "u2", "u3"]  # row 1 dropped, then the first 3
+    assert data.row_ids("eval") == ["u0", "u2", "u3", "u4"]
+    assert "uid" not in data.tokenized["train"].column_names
+    assert "uid" not in next(iter(data.loader("train", 2)))
+    by_index = TextClassificationData(source, labels=["a"], drop_labels=["-"])
+    assert by_index.row_ids("train") == ["0", "2", "3", "4"]  # the source row, as a string
+
+
+def test_duplicate_or_missing_ids_are_data_errors(tmp_path):
+    path = _write_jsonl(tmp_path / "t.jsonl", [{"text": "x", "label": "a", "uid": "k"},
+                                               {"text": "y", "label": "a", "uid": "k"}])
+    data = TextClassificationData(partial(local_files, train=str(path), validation=str(path)),
+                                  id_column="uid")
+    with pytest.raises(DataError, match=r"duplicate ids in column 'uid'.*'k' at rows 0 and 1"):
+        data.row_ids("train")
+    other = TextClassificationData(partial(local_files, train=str(path), validation=str(path)),
+                                   id_column="pairID")
+    with pytest.raises(DataError, match=r"column 'pairID' \(data.id_column\)"):
+        other.prepare()

@@ -159,3 +159,19 @@ def test_unreadable_values_do_not_break_the_table(tmp_path):
     jobs = report.ranked(collect(sweep))
     assert [j.overrides["loss.alpha"] for j in jobs] == ["0.2", "0.1"]  # NaN objective last
     write_report(sweep)
+
+
+def test_offline_teacher_jobs_summarise(tmp_path):
+    """teacher=offline jobs have null teacher values and logits read from a file."""
+    sweep = tmp_path / "s"
+    for alpha in (0.2, 0.5):
+        metrics = _metrics(0.6 + alpha / 10, 1.0)
+        metrics["teacher"] = {"accuracy": None, "loss": None, "source": "offline logits file x"}
+        metrics["retention"] = None
+        metrics["stages"] = {"teacher": "offline", "teacher_logits": {"train": "file"}}
+        _job(sweep, {"loss.alpha": alpha}, metrics)
+    summary = write_report(sweep)
+    assert ("Teacher: an offline logits file in 2 job(s). Teacher logits: read from a file in "
+            "2 job(s).") in summary["markdown"]
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [r["teacher_accuracy"] for r in rows] == ["", ""]

@@ -61,3 +61,11 @@ def test_reproduce_refuses_a_directory_that_is_no_run(tmp_path):
     proc = run_cli(["reproduce", str(tmp_path)], cwd=tmp_path)
     assert proc.returncode == 2
     assert "is not a distillkit run directory" in proc.stderr
+
+
+def test_compare_offline_teacher_and_export_runs():
+    offline = _metrics() | {"teacher": {"accuracy": None, "loss": None}}
+    assert compare(offline, offline) == []
+    export = {"mode": "export_logits", "export": {"rows": 512}, "teacher": {"accuracy": 0.75}}
+    assert compare(export, export) == []
+    assert compare(export, export | {"export": {"rows": 500}}) == ["export.rows: 512 -> 500"]

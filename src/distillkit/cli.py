@@ -67,7 +67,8 @@ def _sweeper_records_failures(hc: DictConfig) -> bool:
 
 
 def _task(cfg: DictConfig) -> float:
-    """One run (or sweep job); returns the objective (``metrics.json`` ``objective.value``).
+    """One run (or sweep job); returns the objective (``metrics.json`` ``objective.value``;
+    NaN for ``mode=export_logits``).
 
     Inside a multirun a failing job writes ``error.json`` into its directory and returns NaN
     (or raises, for a sweeper that records failed trials itself), so the other jobs still run
@@ -107,7 +108,8 @@ def _task(cfg: DictConfig) -> float:
         log.error("error: %s", line)
         user = _user_error(exc)
         sys.exit(user.exit_code if user is not None else 2)
-    return float(metrics["objective"]["value"])
+    # mode=export_logits distils nothing, so it has no objective
+    return float(metrics.get("objective", {}).get("value", float("nan")))
 
 
 def _sweep_failures() -> int:

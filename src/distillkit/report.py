@@ -196,10 +196,11 @@ def _stage_line(jobs: list[Job]) -> str | None:
     if not done:
         return None
     teacher = Counter({"cache": "reused from the cache", "fine-tuned": "fine-tuned",
-                       "as given": "used as given"}.get(j.stages.get("teacher"), "unknown")
-                      for j in done)
+                       "as given": "used as given", "offline": "an offline logits file"
+                       }.get(j.stages.get("teacher"), "unknown") for j in done)
     logits = Counter("not used" if isinstance(j.stages.get("teacher_logits"), str)
                      else "computed" if "computed" in j.stages["teacher_logits"].values()
+                     else "read from a file" if "file" in j.stages["teacher_logits"].values()
                      else "read from the cache" for j in done)
 
     def say(counts: Counter) -> str:

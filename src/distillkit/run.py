@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,11 @@ from distillkit.checkpoint import (
 )
 from distillkit.engine import Distiller, EngineSettings, frozen
 from distillkit.errors import ConfigError
+from distillkit.export_logits import ExportRequest, export_teacher_logits
 from distillkit.hparams import hparams_of, log_hparams
 from distillkit.io import write_dir, write_file, write_json
 from distillkit.models import ModelBundle, check_compatible, count_parameters, first_layers
+from distillkit.offline_logits import OfflineTeacher, check_offline, match_offline_logits
 from distillkit.teacher_outputs import attach_teacher_logits
 from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
 
@@ -65,17 +68,24 @@ def _stage(name: str) -> None:
 
 def _format_summary(metrics: dict[str, Any]) -> str:
     t, s = metrics["teacher"], metrics["student"]
+
+    def cell(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
     rows = [
         ("", "teacher", "student"),
-        ("accuracy", f"{t['accuracy']:.4f}", f"{s['accuracy']:.4f}"),
-        ("loss", f"{t['loss']:.4f}", f"{s['loss']:.4f}"),
-        ("parameters", f"{metrics['params']['teacher']:,}", f"{metrics['params']['student']:,}"),
-        ("inference s", f"{t['seconds']:.1f}", f"{s['seconds']:.1f}"),
+        ("accuracy", cell(t["accuracy"], ".4f"), f"{s['accuracy']:.4f}"),
+        ("loss", cell(t["loss"], ".4f"), f"{s['loss']:.4f}"),
+        ("parameters", cell(metrics["params"]["teacher"], ","), f"{metrics['params']['student']:,}"),
+        ("inference s", cell(t["seconds"], ".1f"), f"{s['seconds']:.1f}"),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.append(f"retention (student/teacher accuracy): {metrics['retention']:.4f}"
-                 f"  [{metrics['eval_split']} split, {t['examples']} examples]")
+    where = f"  [{metrics['eval_split']} split, {s['examples']} examples]"
+    if metrics["retention"] is None:  # teacher=offline
+        lines.append(f"teacher: {t.get('source', 'offline logits file')} (no teacher model: "
+                     f"no teacher accuracy, retention or speed-up){where}")
+        return "\n".join(lines)
+    lines.append(f"retention (student/teacher accuracy): {metrics['retention']:.4f}{where}")
     inf = metrics["inference"]
     lines.append(f"inference speed-up on the same batches ({inf['device']}): "
                  f"{inf['speedup']:.2f}x")
@@ -96,10 +106,25 @@ def _student_and_pairs(cfg: DictConfig, teacher: ModelBundle, labels: list[str],
     bind = getattr(loss, "bind", None)
     if bind is not None:
         bind(pairs, student_width=int(student.model.config.hidden_size),
-             teacher_width=int(teacher.model.config.hidden_size))
+             teacher_width=teacher.hidden_size)
     elif pairs:
         raise ConfigError(f"loss {type(loss).__name__} takes no layer mapping; use mapping=none")
     return student, pairs
+
+
+def _data_and_teacher(cfg: DictConfig, settings: EngineSettings,
+                      check: Callable[[Any, ModelBundle], None]) -> tuple[Any, ModelBundle]:
+    """Builds the data and the teacher, calls ``check(data, teacher)``, tokenises the data
+    with the teacher's tokenizer and runs the teacher stage (fine-tune once; cached)."""
+    data = instantiate(cfg.data)
+    teacher_cfg = OmegaConf.to_container(cfg.teacher, resolve=True)
+    mode = teacher_cfg.pop("finetune", "auto")
+    ft_settings = FinetuneSettings.from_config(teacher_cfg.pop("finetune_settings", None))
+    teacher: ModelBundle = instantiate(teacher_cfg)(labels=data.labels)
+    check(data, teacher)  # fail fast, before any tokenising or training
+    data.tokenize(teacher.tokenizer)
+    _stage("teacher")
+    return data, prepare_teacher(teacher, mode, ft_settings, data, settings)
 
 
 def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
@@ -108,35 +133,42 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     Student, mapping and loss are checked against the teacher before the teacher stage, so a
     bad layer index or loss setting fails before any training. The data comes back tokenised
     with the teacher's tokenizer and, for logit-only losses with ``trainer.teacher_cache`` on,
-    with the teacher's cached logits attached.
+    with the teacher's cached logits attached; with ``teacher=offline``, with the logits of
+    its file (matched by row id; read before anything else runs).
     """
-    data = instantiate(cfg.data)
-    labels = data.labels
-    teacher_cfg = OmegaConf.to_container(cfg.teacher, resolve=True)
-    mode = teacher_cfg.pop("finetune", "auto")
-    ft_settings = FinetuneSettings.from_config(teacher_cfg.pop("finetune_settings", None))
-    teacher: ModelBundle = instantiate(teacher_cfg)(labels=labels)
     loss = instantiate(cfg.loss)
-    _student_and_pairs(cfg, teacher, labels, loss, settings.seed)  # fail fast, before training
-    data.tokenize(teacher.tokenizer)
-    _stage("teacher")
-    teacher = prepare_teacher(teacher, mode, ft_settings, data, settings)
+    offline: dict[str, Any] = {}
+
+    def check(data: Any, teacher: ModelBundle) -> None:
+        if isinstance(teacher, OfflineTeacher):
+            check_offline(teacher, loss, cfg.mapping.get("_target_", ""))
+            if loss.needs_teacher:
+                offline.update(match_offline_logits(teacher, data))
+        _student_and_pairs(cfg, teacher, data.labels, loss, settings.seed)
+
+    data, teacher = _data_and_teacher(cfg, settings, check)
+    labels = data.labels
     student, pairs = _student_and_pairs(cfg, teacher, labels, loss, settings.seed)
     if data.has_split("transfer") and not loss.needs_teacher:
         log.info("transfer split ignored: this loss uses no teacher to label it")
         data.drop_transfer()
-    cached_logits = bool(cfg.trainer.get("teacher_cache", True) and loss.needs_teacher
-                         and loss.required_features() <= {"logits"})
-    if cached_logits and settings.teacher_dropout:
+    cached_logits = bool(offline) or bool(cfg.trainer.get("teacher_cache", True)
+                                          and loss.needs_teacher
+                                          and loss.required_features() <= {"logits"})
+    if cached_logits and not offline and settings.teacher_dropout:
         log.info("trainer.teacher_dropout=true: teacher outputs change every pass, the "
                  "teacher-output cache is bypassed")
         cached_logits = False
     logits_sources: dict[str, str] = {}
-    if cached_logits:
+    if offline:
+        for role, logits in offline.items():
+            data.attach_teacher_logits(role, logits)
+        logits_sources = dict.fromkeys(offline, "file")
+    elif cached_logits:
         _stage("teacher outputs")
         logits_sources = attach_teacher_logits(teacher, data, settings)
     log.info("teacher: %s (%d layers, %s params)", teacher.name, teacher.num_layers,
-             f"{count_parameters(teacher.model):,}")
+             f"{count_parameters(teacher.model):,}" if teacher.model is not None else "no")
     log.info("student: %s (%d layers, %s params)", student.name, student.num_layers,
              f"{count_parameters(student.model):,}")
     log.info("labels: %s; layer mapping (student-teacher): %s", labels,
@@ -214,11 +246,18 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
     objective = cfg.get("objective", "final_accuracy")
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective={objective} is not one of {', '.join(OBJECTIVES)}")
+    export = ExportRequest.from_config(cfg)  # None for mode=distil
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     write_file(out_dir / "resolved_config.yaml", lambda fh: fh.write(resolved.encode()))
     settings = engine_settings(cfg.trainer)
     write_json(out_dir / "provenance.json", provenance.collect(settings.seed, launch))
+    if export is not None:  # mode=export_logits: teacher logits to a file, no distillation
+        set_seed(settings.seed)
+        _stage("build")
+        data, teacher = _data_and_teacher(cfg, settings, export.check)
+        _stage("export teacher logits")
+        return export_teacher_logits(teacher, data, export, settings, out_dir)
     checkpoints, resume_state, resume_path = _checkpointing(cfg, out_dir)
     set_seed(settings.seed)
 
@@ -260,11 +299,15 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
         result = distiller.fit(train_loader, eval_loader, resume=resume_state)
 
         _stage("evaluate")  # the teacher as it was distilled from: in its own precision
-        frozen(teacher.model, distiller.device, distiller.teacher_dtype)
-        teacher_metrics = distiller.evaluate(teacher.model, final_loader, desc="eval teacher")
+        teacher_metrics = None
+        if teacher.model is not None:  # offline: no teacher model
+            frozen(teacher.model, distiller.device, distiller.teacher_dtype)
+            teacher_metrics = distiller.evaluate(teacher.model, final_loader,
+                                                 desc="eval teacher")
         student_metrics = distiller.evaluate(student.model, final_loader, desc="eval student")
         for who, m in (("teacher", teacher_metrics), ("student", student_metrics)):
-            writer.add_scalar(f"final/{who}/accuracy", m["accuracy"], result.steps)
+            if m is not None:
+                writer.add_scalar(f"final/{who}/accuracy", m["accuracy"], result.steps)
         validation = None
         if objective == "validation_accuracy":
             validation = (student_metrics if final_role == "eval" else
@@ -302,23 +345,29 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
 
 
 def _metrics(teacher: ModelBundle, student: ModelBundle, data: Any, final_role: str,
-             teacher_metrics: dict, student_metrics: dict, distiller: Distiller,
+             teacher_metrics: dict | None, student_metrics: dict, distiller: Distiller,
              result: Any) -> dict[str, Any]:
-    t_acc = teacher_metrics["accuracy"]
+    """The run's metrics; without a teacher model (``teacher=offline``) the teacher's values,
+    retention and speed-up are null."""
+    if teacher_metrics is None:
+        teacher_metrics = dict.fromkeys(student_metrics) | {"source": teacher.name}
+    t_acc, t_sec = teacher_metrics["accuracy"], teacher_metrics["seconds"]
+    s_sec = student_metrics["seconds"]
     return {
         "teacher": teacher_metrics,
         "student": student_metrics,
-        "retention": student_metrics["accuracy"] / t_acc if t_acc > 0 else float("nan"),
-        "params": {"teacher": count_parameters(teacher.model),
+        "retention": (None if t_acc is None else
+                      student_metrics["accuracy"] / t_acc if t_acc > 0 else float("nan")),
+        "params": {"teacher": None if teacher.model is None else count_parameters(teacher.model),
                    "student": count_parameters(student.model)},
         "eval_split": data.split_names[final_role],
         "inference": {
             "device": str(distiller.device),
             "precision": {"student": str(distiller.autocast_dtype or torch.float32),
                           "teacher": str(distiller.teacher_dtype or torch.float32)},
-            "teacher_seconds": round(teacher_metrics["seconds"], 3),
-            "student_seconds": round(student_metrics["seconds"], 3),
-            "speedup": teacher_metrics["seconds"] / max(student_metrics["seconds"], 1e-9),
+            "teacher_seconds": None if t_sec is None else round(t_sec, 3),
+            "student_seconds": round(s_sec, 3),
+            "speedup": None if t_sec is None else t_sec / max(s_sec, 1e-9),
         },
         "train": {"steps": result.steps, "epochs": result.epochs_completed,
                   "seconds": round(result.train_seconds, 3), "last_losses": result.last_losses,

@@ -1,7 +1,8 @@
 """Typed schemas for the most-overridden config groups, registered in Hydra's ConfigStore.
 
 Each option file of ``loss/``, ``trainer/`` and ``data/`` starts from its schema
-(``defaults: [<group>_schema, _self_]``), so a typo'd key (``loss.temprature``) or a wrong type
+(``defaults: [<group>_schema, _self_]``), and the top-level ``export`` section from
+``export_schema``, so a typo'd key (``loss.temprature``) or a wrong type
 (``loss.alpha=high``) fails at compose time with a message naming the key.
 """
 
@@ -76,11 +77,28 @@ class DataSchema:
     max_eval_samples: Optional[int] = None  # noqa: UP045
     transfer_split: Optional[str] = None  # noqa: UP045
     max_transfer_samples: Optional[int] = None  # noqa: UP045
+    id_column: Optional[str] = None  # noqa: UP045 - null: row index within the split
+
+
+@dataclass
+class ExportSchema:
+    """The ``export`` section: what ``mode=export_logits`` writes (distillkit.export_logits).
+
+    ``split``: a split role (train, eval, test, transfer) or a split name of the data;
+    ``path``: the file (null: ``<run dir>/teacher_logits_<split>.<ext>``); ``format``: tsv or
+    parquet (null: from the extension of ``path``; tsv without one).
+    """
+
+    split: str = "train"
+    path: Optional[str] = None  # noqa: UP045
+    format: Optional[str] = None  # noqa: UP045
 
 
 def register_schemas() -> None:
-    """Stores the schemas as ``<group>/<group>_schema`` (idempotent)."""
+    """Stores the schemas as ``<group>/<group>_schema`` (idempotent), and ``export_schema``
+    (the typed top-level ``export`` section)."""
     cs = ConfigStore.instance()
+    cs.store(name="export_schema", node=ExportSchema, package="export")
     cs.store(group="loss", name="loss_schema", node=LossSchema)
     cs.store(group="trainer", name="trainer_schema", node=TrainerSchema)
     cs.store(group="data", name="data_schema", node=DataSchema)

@@ -85,8 +85,24 @@ def _load_or_compute(teacher: ModelBundle, data: TextClassificationData, role: s
         log.info("teacher logits for '%s' (%d x %d) read from cache %s: no teacher pass",
                  role, *logits.shape, path)
         return logits, "cache"
-    device = settings.resolve_device()
     start = time.perf_counter()
+    logits = compute_logits(teacher, data, role, settings)
+    write_file(path, lambda fh, a=logits: np.save(fh, a))
+    log.info("teacher logits for '%s' (%d x %d) computed in %.0fs, cached at %s",
+             role, *logits.shape, time.perf_counter() - start, path)
+    del logits  # from here on the split's logits are read from disk, like a cache hit
+    return np.load(path, mmap_mode="r"), "computed"
+
+
+def compute_logits(teacher: ModelBundle, data: TextClassificationData, role: str,
+                   settings: EngineSettings) -> np.ndarray:
+    """The teacher's raw logits for every example of a tokenised split, in dataset order.
+
+    One inference pass over length-sorted batches (:func:`inference_batch_size`, halved on
+    a GPU out-of-memory) on the run's device, the teacher's weights cast to
+    ``trainer.teacher_precision``; float32, shape ``(examples, labels)``.
+    """
+    device = settings.resolve_device()
     model = frozen(teacher.model, device, settings.teacher_dtype(device))
     batch_size = inference_batch_size(settings, device)
     while True:
@@ -101,12 +117,7 @@ def _load_or_compute(teacher: ModelBundle, data: TextClassificationData, role: s
             batch_size //= 2
             torch.cuda.empty_cache()
             log.info("teacher logits: out of memory, retrying with batch size %d", batch_size)
-    logits = restore_order(loader.batch_sampler, logits)  # length-sorted batches
-    write_file(path, lambda fh, a=logits: np.save(fh, a))
-    log.info("teacher logits for '%s' (%d x %d) computed in %.0fs (batch %d), cached at %s",
-             role, *logits.shape, time.perf_counter() - start, batch_size, path)
-    del logits  # from here on the split's logits are read from disk, like a cache hit
-    return np.load(path, mmap_mode="r"), "computed"
+    return restore_order(loader.batch_sampler, logits)  # length-sorted batches
 
 
 def inference_batch_size(settings: EngineSettings, device: torch.device) -> int:

@@ -154,6 +154,8 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
                     data: TextClassificationData, engine: EngineSettings) -> ModelBundle:
     """Returns a teacher ready to distil from: as given, from the cache, or fine-tuned now.
 
+    A teacher without a model (``teacher=offline``: logits from a file) is returned as given.
+
     Args:
         teacher: the teacher as built from its config.
         mode: ``auto`` (fine-tune when the head is untrained), ``true`` or ``false``.
@@ -163,6 +165,9 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
     """
     if mode not in MODES:
         raise ConfigError(f"teacher.finetune={mode!r} must be auto, true or false")
+    if teacher.model is None:
+        log.info("teacher stage skipped: %s has no model to fine-tune", teacher.name)
+        return teacher
     needed = mode is True or (mode == "auto" and not teacher.trained_head)
     if not needed:
         if not teacher.trained_head:

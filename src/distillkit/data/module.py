@@ -77,6 +77,10 @@ class TextClassificationData:
             "transfer set"): its labels are hidden (-100), so only the teacher's soft targets
             train on it. The teacher stage never sees it.
         max_transfer_samples: keep only the first N rows of the transfer split.
+        id_column: column with a unique id per row (e.g. SNLI's ``pairID``), used to match
+            rows with offline teacher logits (``teacher=offline``, ``mode=export_logits``);
+            None uses the row's position in the source split (0-based, as a string). Ids are
+            kept beside the tokenised data (:meth:`row_ids`), never fed to the model.
     """
 
     def __init__(
@@ -95,11 +99,13 @@ class TextClassificationData:
         max_eval_samples: int | None = None,
         transfer_split: str | None = None,
         max_transfer_samples: int | None = None,
+        id_column: str | None = None,
     ) -> None:
         self._source = source
         self.text_column = text_column
         self.text_pair_column = text_pair_column
         self.label_column = label_column
+        self.id_column = id_column
         self._labels = [str(x) for x in labels] if labels else None
         self.drop_labels = {str(x) for x in drop_labels}
         self.split_names = {"train": train_split, "eval": eval_split, "test": test_split,
@@ -109,6 +115,7 @@ class TextClassificationData:
                        "test": max_eval_samples, "transfer": max_transfer_samples}
         self.raw: dict[str, Dataset] = {}
         self.tokenized: dict[str, Dataset] = {}
+        self._ids: dict[str, list[str]] = {}  # role -> row ids, aligned with raw/tokenized
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.teacher_logits: dict[str, np.ndarray] = {}
 
@@ -133,14 +140,18 @@ class TextClassificationData:
             log.info("labels inferred from the train split: %s", self._labels)
         label2id = {name: i for i, name in enumerate(self._labels)}
         for role, ds in list(self.raw.items()):
+            ids = (["" if v is None else str(v) for v in ds[self.id_column]] if self.id_column
+                   else [str(i) for i in range(len(ds))])
             if role == "transfer":
                 ds = self._hide_labels(ds)
             else:
-                ds = self._encode_labels(ds, label2id, self.split_names[role])
+                ds, kept = self._encode_labels(ds, label2id, self.split_names[role])
+                ids = [ids[i] for i in kept]
             limit = self.limits[role]
             if limit is not None and limit < len(ds):
                 ds = ds.select(range(limit))
-            self.raw[role] = ds
+                ids = ids[:limit]
+            self.raw[role], self._ids[role] = ds, ids
             log.info("%s split '%s': %d examples", role, self.split_names[role], len(ds))
 
     @property
@@ -162,6 +173,8 @@ class TextClassificationData:
             wanted["data.label_column"] = self.label_column
         if self.text_pair_column:
             wanted["data.text_pair_column"] = self.text_pair_column
+        if self.id_column:
+            wanted["data.id_column"] = self.id_column
         for key, column in wanted.items():
             if column not in ds.column_names:
                 raise DataError(
@@ -183,7 +196,9 @@ class TextClassificationData:
             return [n for n in feature.names if n not in self.drop_labels]
         return sorted(set(self._label_names(ds)) - self.drop_labels)
 
-    def _encode_labels(self, ds: Dataset, label2id: dict[str, int], split: str) -> Dataset:
+    def _encode_labels(self, ds: Dataset, label2id: dict[str, int],
+                       split: str) -> tuple[Dataset, list[int]]:
+        """The split with label ids in ``labels``, and the source rows it kept."""
         names = self._label_names(ds)
         keep = [i for i, n in enumerate(names) if n not in self.drop_labels]
         ids = []
@@ -201,7 +216,7 @@ class TextClassificationData:
         if not len(ds):
             raise DataError(f"split '{split}' has no rows left after dropping labels")
         ds = ds.select_columns(self._text_columns())
-        return ds.add_column("labels", ids)
+        return ds.add_column("labels", ids), keep
 
     # -- tokenised data -------------------------------------------------------------------
     def tokenize(self, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -231,10 +246,35 @@ class TextClassificationData:
         self.raw.pop("transfer", None)
         self.tokenized.pop("transfer", None)
         self.teacher_logits.pop("transfer", None)
+        self._ids.pop("transfer", None)
 
     def distil_roles(self) -> list[str]:
         """The splits the student trains on: train, plus the transfer split if configured."""
         return ["train"] + (["transfer"] if self.has_split("transfer") else [])
+
+    def row_ids(self, role: str) -> list[str]:
+        """The id of every row of a split, in dataset order (see ``id_column``).
+
+        Raises:
+            DataError: when an id is empty or occurs twice in the split.
+        """
+        self.prepare()
+        ids = self._ids[role]
+        where = f"split '{self.split_names[role]}'"
+        column = (f"column '{self.id_column}' (data.id_column)" if self.id_column
+                  else "row index")
+        first: dict[str, int] = {}
+        for row, value in enumerate(ids):
+            if not value:
+                raise DataError(f"row {row} of {where} has no id in {column}; every row needs "
+                                "one, or set data.id_column=null to use row indices")
+            if value in first:
+                raise DataError(
+                    f"{where} has duplicate ids in {column}: '{value}' at rows {first[value]} "
+                    f"and {row}; ids must be unique within a split (set data.id_column to a "
+                    "unique column, or null to use row indices)")
+            first[value] = row
+        return list(ids)
 
     def attach_teacher_logits(self, role: str, logits: np.ndarray) -> None:
         """Attaches precomputed teacher logits (one row per example, in split order) to a

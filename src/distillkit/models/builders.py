@@ -6,7 +6,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from distillkit.errors import ConfigError
 from distillkit.models.bundle import ModelBundle
-from distillkit.models.tokenizers import TINY_WORDS, tiny_tokenizer
+from distillkit.models.tokenizers import TINY_MAX_POSITIONS, TINY_WORDS, tiny_tokenizer
 
 
 def _bert_classifier(
@@ -71,7 +71,7 @@ def tiny_teacher(
         num_heads=num_heads,
         intermediate_size=intermediate_size,
         labels=labels,
-        max_position_embeddings=128,
+        max_position_embeddings=TINY_MAX_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
     )
     return ModelBundle(model=model, tokenizer=tokenizer, name=f"tiny-bert-{num_layers}x{hidden_size}")
@@ -98,18 +98,26 @@ def bert_student(
         num_heads: attention heads.
         intermediate_size: feed-forward width.
         dropout: hidden and attention dropout.
-        teacher: the teacher bundle (its tokenizer and position limit are reused).
+        teacher: the teacher bundle (its tokenizer, vocabulary size and position limit are
+            reused; an offline teacher's come from its tokenizer).
         labels: label names.
     """
-    tconf = teacher.model.config
+    if teacher.model is not None:
+        tconf = teacher.model.config
+        vocab_size = int(tconf.vocab_size)
+        max_positions = int(getattr(tconf, "max_position_embeddings", 512))
+    else:  # an offline teacher has only a tokenizer: size the student from it
+        vocab_size = len(teacher.tokenizer)
+        limit = int(teacher.tokenizer.model_max_length)
+        max_positions = limit if 0 < limit <= 8192 else 512  # HF's "no limit" is ~1e30
     model = _bert_classifier(
-        vocab_size=int(tconf.vocab_size),
+        vocab_size=vocab_size,
         num_layers=num_layers,
         hidden_size=hidden_size,
         num_heads=num_heads,
         intermediate_size=intermediate_size,
         labels=labels,
-        max_position_embeddings=int(getattr(tconf, "max_position_embeddings", 512)),
+        max_position_embeddings=max_positions,
         pad_token_id=teacher.tokenizer.pad_token_id or 0,
         dropout=dropout,
     )

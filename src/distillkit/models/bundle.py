@@ -15,7 +15,8 @@ class ModelBundle:
     """A sequence-classification model and its tokenizer.
 
     Attributes:
-        model: a Hugging Face ``PreTrainedModel`` with a classification head.
+        model: a Hugging Face ``PreTrainedModel`` with a classification head; None for an
+            offline teacher (``teacher=offline``), which has only its logits in a file.
         tokenizer: the tokenizer whose ids the model expects.
         name: a human-readable description for logs (hub name, path or builder).
         trained_head: whether the classification head was trained on the task (False for a
@@ -23,10 +24,11 @@ class ModelBundle:
         initial: for a teacher fine-tuned by the teacher stage, the bundle as it was before
             (pretrained weights), which students may be initialised from.
         origin: how the teacher stage produced it: ``as given``, ``fine-tuned`` (trained in
-            this run) or ``cache`` (a fine-tuned teacher reused from the cache).
+            this run), ``cache`` (a fine-tuned teacher reused from the cache) or ``offline``
+            (no model: logits read from a file).
     """
 
-    model: PreTrainedModel
+    model: PreTrainedModel | None
     tokenizer: PreTrainedTokenizerBase
     name: str
     trained_head: bool = False
@@ -35,8 +37,13 @@ class ModelBundle:
 
     @property
     def num_layers(self) -> int:
-        """Number of transformer layers (from the model config)."""
-        return int(self.model.config.num_hidden_layers)
+        """Number of transformer layers (from the model config; 0 without a model)."""
+        return 0 if self.model is None else int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        """Hidden width (from the model config; 0 without a model)."""
+        return 0 if self.model is None else int(self.model.config.hidden_size)
 
 
 def count_parameters(model: nn.Module) -> int:

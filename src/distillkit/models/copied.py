@@ -44,8 +44,14 @@ def student_from_teacher(layers: list[int], init: str = "pretrained", *, teacher
         labels: label names (must match the teacher's head).
 
     Raises:
-        ConfigError: for an empty, unsorted or out-of-range layer list or an unknown init.
+        ConfigError: for an empty, unsorted or out-of-range layer list, an unknown init, or a
+            teacher without a model (``teacher=offline``).
     """
+    if teacher.model is None:
+        raise ConfigError(
+            f"this student copies the teacher's layers, but the teacher ({teacher.name}) has no "
+            "model, only its logits; use a student built from a config (student=bert4l) or a "
+            "pretrained one (student=hub)")
     if init not in INITS:
         raise ConfigError(f"student.init='{init}' must be one of {', '.join(INITS)}")
     source = teacher.initial if init == "pretrained" and teacher.initial else teacher

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast, PreTrainedTokenizerBase
 
+TINY_MAX_POSITIONS = 128
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # Whole-word entries of the tiny tokenizer: the words of the generated `data=tiny` task.
@@ -39,4 +40,7 @@ def tiny_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> PreTrainedTokenizerBa
     with tempfile.TemporaryDirectory() as tmp:
         vocab_file = Path(tmp) / "vocab.txt"
         vocab_file.write_text("\n".join(tiny_vocab(words)) + "\n", encoding="utf-8")
-        return BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+        # 128: the tiny models' position limit (so a student sized from the tokenizer alone,
+        # as with an offline teacher, gets the same shape as one sized from the tiny teacher)
+        return BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True,
+                                 model_max_length=TINY_MAX_POSITIONS)
