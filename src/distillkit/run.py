@@ -136,6 +136,7 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     with the teacher's cached logits attached; with ``teacher=offline``, with the logits of
     its file (matched by row id; read before anything else runs).
     """
+    set_seed(settings.seed)  # a fresh teacher head (and its cache key) is the same for every caller
     loss = instantiate(cfg.loss)
     offline: dict[str, Any] = {}
 
