@@ -13,7 +13,6 @@ import torch
 from distillkit.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TEACHER_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -111,9 +110,9 @@ class EngineSettings:
             raise ConfigError(
                 f"trainer.precision='{self.precision}' is not one of {', '.join(PRECISIONS)}"
             )
-        if self.teacher_precision not in TEACHER_PRECISIONS:
+        if self.teacher_precision not in PRECISIONS:
             raise ConfigError(f"trainer.teacher_precision='{self.teacher_precision}' is not one "
-                              f"of {', '.join(TEACHER_PRECISIONS)}")
+                              f"of {', '.join(PRECISIONS)}")
 
     def resolve_device(self) -> torch.device:
         """The torch device for ``device`` (``auto`` picks cuda when present)."""
