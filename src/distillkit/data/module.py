@@ -276,6 +276,10 @@ class TextClassificationData:
             first[value] = row
         return list(ids)
 
+    def _roles(self, role: str) -> list[str]:
+        """The splits behind ``role``: ``distil`` is train plus transfer, others themselves."""
+        return self.distil_roles() if role == "distil" else [role]
+
     def attach_teacher_logits(self, role: str, logits: np.ndarray) -> None:
         """Attaches precomputed teacher logits (one row per example, in split order) to a
         tokenised split; its batches then carry them as ``teacher_logits``.
@@ -290,7 +294,7 @@ class TextClassificationData:
 
     def lengths(self, role: str) -> list[int]:
         """Token count of every example of a tokenised split (``distil``: train + transfer)."""
-        roles = self.distil_roles() if role == "distil" else [role]
+        roles = self._roles(role)
         return [len(ids) for r in roles for ids in self.tokenized[r]["input_ids"]]
 
     def loader(
@@ -317,7 +321,7 @@ class TextClassificationData:
         # Always an own generator: iterating a loader then never draws from the global RNG,
         # so dropout and initialisation do not depend on which loaders ran before.
         generator = torch.Generator().manual_seed(seed)
-        roles = self.distil_roles() if role == "distil" else [role]
+        roles = self._roles(role)
         parts = [self.tokenized[r] for r in roles]
         dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
         with_logits = [r for r in roles if r in self.teacher_logits]
