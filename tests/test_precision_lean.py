@@ -60,6 +60,11 @@ def test_unknown_teacher_precision_is_refused():
         EngineSettings(teacher_precision="fp8").validate()
 
 
+def test_teacher_batch_size_below_one_is_refused():
+    with pytest.raises(ConfigError, match="trainer.teacher_batch_size must be >= 1, got 0"):
+        EngineSettings(teacher_batch_size=0).validate()
+
+
 def test_first_layers_view_matches_full_model_and_leaves_it_intact(teacher, data):
     batch = _batch(data)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
