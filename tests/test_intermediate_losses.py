@@ -161,6 +161,26 @@ def test_two_phases_switch_terms_and_features():
         no_terms.bind([], 8, 8)
 
 
+def test_linear_decay_scales_intermediate_terms_from_one_to_zero():
+    loss = DistillationLoss(kd=SoftTargetCrossEntropy(), alpha=1.0, intermediate_decay="linear",
+                            intermediate={"hidden_mse": HiddenMSE()})
+    loss.bind([LayerPair(1, 1)], 8, 8)
+    s, t = _outputs(8), _outputs(8, seed=1)
+    batch = {"labels": torch.tensor([0, 1]), "attention_mask": torch.ones(2, 4)}
+    hidden = HiddenMSE()(s["hidden_states"][1], t["hidden_states"][1], batch["attention_mask"])
+    for step, factor in ((0, 1.0), (5, 0.5), (9, 0.1)):
+        loss.set_progress(step, 10)
+        out = loss(s, t, batch)
+        expected = out.terms["kd"] + factor * hidden
+        assert out.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.set_progress(10, 10)
+    assert loss.required_features() == {"logits"}
+    with pytest.raises(ConfigError, match="intermediate_decay"):
+        DistillationLoss(alpha=0.0, intermediate_decay="cosine")
+    with pytest.raises(ConfigError, match="needs intermediate terms"):
+        DistillationLoss(alpha=0.0, intermediate_decay="linear").bind([], 8, 8)
+
+
 def test_prediction_weight_zero_trains_intermediate_only():
     loss = DistillationLoss(alpha=0.0, prediction_weight=0.0,
                             intermediate={"hidden_mse": HiddenMSE()})

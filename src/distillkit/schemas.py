@@ -32,6 +32,7 @@ class LossSchema:
     projection: Any = None  # partial (student_width, teacher_width) -> module
     prediction_weight: float = 1.0
     intermediate_phase: float = 0.0
+    intermediate_decay: str = "constant"  # constant | linear (intermediate weights 1 -> 0)
 
 
 @dataclass

@@ -16,6 +16,10 @@
   ``weight`` times the pair's optional weight; they are not scaled by ``alpha``.
 * ``intermediate_phase`` > 0 splits training in two, as TinyBERT does: during that fraction of
   the steps only the intermediate terms train, afterwards only the prediction layer.
+* ``intermediate_decay`` (``constant`` | ``linear``) scales every intermediate term by a factor
+  that stays 1 (``constant``) or falls linearly from 1 at the first step to 0 at the last
+  (``linear``): the intermediate terms guide a randomly initialised student early and hand the
+  capacity over to the prediction layer by the end (the terms stop running once it reaches 0).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from distillkit.errors import ConfigError
 from distillkit.losses.layers import IntermediateTerms, ProjectionFactory
 from distillkit.losses.logits import HardCrossEntropy
 from distillkit.mapping import LayerPair
+
+_DECAYS = ("constant", "linear")
 
 
 @dataclass
@@ -61,10 +67,13 @@ class DistillationLoss(nn.Module):
         prediction_weight: scales the prediction-layer part (KD and hard terms), >= 0.
         intermediate_phase: fraction of the steps, in ``[0, 1)``, that train the intermediate
             terms alone before the prediction-layer phase (0: one phase, every term together).
+        intermediate_decay: ``constant`` (the intermediate weights as given) or ``linear``
+            (scaled from 1 at the first step down to 0 at the last).
 
     Raises:
         ConfigError: for a temperature <= 0, an alpha outside [0, 1], ``alpha > 0`` without
-            a KD term, a negative prediction weight or a phase fraction outside [0, 1).
+            a KD term, a negative prediction weight, a phase fraction outside [0, 1) or an
+            unknown decay.
     """
 
     def __init__(
@@ -77,6 +86,7 @@ class DistillationLoss(nn.Module):
         projection: ProjectionFactory | None = None,
         prediction_weight: float = 1.0,
         intermediate_phase: float = 0.0,
+        intermediate_decay: str = "constant",
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -95,6 +105,9 @@ class DistillationLoss(nn.Module):
         if not 0.0 <= intermediate_phase < 1.0:
             raise ConfigError(f"loss.intermediate_phase must be in [0, 1), got "
                               f"{intermediate_phase}; 0 trains every term together")
+        if intermediate_decay not in _DECAYS:
+            raise ConfigError(f"loss.intermediate_decay must be one of {', '.join(_DECAYS)}, got "
+                              f"'{intermediate_decay}'")
         self.kd = kd
         self.hard = hard if hard is not None else HardCrossEntropy()
         self.temperature = float(temperature)
@@ -102,26 +115,33 @@ class DistillationLoss(nn.Module):
         self.prediction_weight = float(prediction_weight)
         self.intermediate = IntermediateTerms(intermediate or {}, projection)
         self.intermediate_phase = float(intermediate_phase)
+        self.intermediate_decay = intermediate_decay
         self._phase = "all"
+        self._scale = 1.0
 
     def bind(self, pairs: list[LayerPair], student_width: int, teacher_width: int) -> None:
         """Binds the intermediate terms to the resolved mapping and builds projections."""
         self.intermediate.bind(pairs, student_width, teacher_width)
-        if self.intermediate_phase and not self.intermediate.plan:
-            raise ConfigError("loss.intermediate_phase > 0 needs intermediate terms and a layer "
-                              "mapping; set loss.intermediate_phase=0")
+        for key, value, off in (("intermediate_phase", self.intermediate_phase, 0.0),
+                                ("intermediate_decay", self.intermediate_decay, "constant")):
+            if value != off and not self.intermediate.plan:
+                raise ConfigError(f"loss.{key}={value} needs intermediate terms and a layer "
+                                  f"mapping; set loss.{key}={off}")
 
     def set_progress(self, step: int, total_steps: int) -> None:
-        """Called by the engine before each optimizer step (0-based) to switch phases."""
+        """Called by the engine before each optimizer step (0-based): switches phases and sets
+        the intermediate decay factor."""
         if self.intermediate_phase and self.intermediate.plan:
             first = step < self.intermediate_phase * total_steps
             self._phase = "intermediate" if first else "prediction"
+        if self.intermediate_decay == "linear":
+            self._scale = max(0.0, 1.0 - step / max(1, total_steps))
 
     def _uses_prediction(self) -> bool:
         return self.prediction_weight > 0 and self._phase != "intermediate"
 
     def _uses_intermediate(self) -> bool:
-        return bool(self.intermediate.plan) and self._phase != "prediction"
+        return bool(self.intermediate.plan) and self._phase != "prediction" and self._scale > 0
 
     @property
     def needs_teacher(self) -> bool:
@@ -177,5 +197,5 @@ class DistillationLoss(nn.Module):
         if self._uses_intermediate():
             value, by_term = self.intermediate(student, teacher, batch["attention_mask"])
             terms.update(by_term)
-            total = total + value
+            total = total + self._scale * value
         return LossOutput(total=total, terms=terms)
