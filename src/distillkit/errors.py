@@ -26,3 +26,8 @@ class ModelError(DistillkitError):
 
 class TrainingError(DistillkitError):
     """Training cannot go on (non-finite loss, ...)."""
+
+
+class OutputError(DistillkitError):
+    """Run output cannot be written (no space left on the device, quota exceeded)."""
+
