@@ -32,7 +32,7 @@ _NAME = re.compile(r"^step-(\d+)\.pt$")
 # Config keys that may differ between a checkpoint's run and the run resuming it.
 RESUMABLE_CHANGES = frozenset({"resume", "export_student", "trainer.progress",
                                "trainer.num_workers", "trainer.checkpoint_every_steps",
-                               "trainer.keep_checkpoints"})
+                               "trainer.keep_checkpoints", "allow_targets"})
 
 
 class CheckpointError(DistillkitError):

@@ -31,3 +31,7 @@ class TrainingError(DistillkitError):
 class OutputError(DistillkitError):
     """Run output cannot be written (no space left on the device, quota exceeded)."""
 
+
+class UnsafeConfigError(ConfigError):
+    """The config would run code that is not allowed (``_target_`` outside the allow-list,
+    remote model code) without the user opting in on the command line."""
