@@ -209,7 +209,7 @@ class Distiller:
     def _save_checkpoint(self, step: int, result: TrainResult, position: dict[str, Any],
                          parts: dict[str, Any], evaluated: bool, seconds: float) -> None:
         parts["watch"].check(self._latest_checkpoint())  # never checkpoint after a NaN
-        check_finite_weights(list(self.student.parameters()), step)
+        check_finite_weights([*self.student.parameters(), *self.loss.parameters()], step)
         state = {
             "step": step, **position,
             "student": self.student.state_dict(), "loss": self.loss.state_dict(),
@@ -319,6 +319,7 @@ class Distiller:
                     out = self.loss(student_out, teacher_out, batch_on_device)
                 self.scaler.scale(out.total / s.grad_accum_steps).backward()
                 micro += 1
+                watch.note(step + 1, out.total, out.terms)  # every micro-batch of the step
                 if micro % s.grad_accum_steps:
                     continue
                 if s.max_grad_norm is not None:
@@ -330,7 +331,6 @@ class Distiller:
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 bar.update(1)
-                watch.note(step, out.total, out.terms)
                 if step % s.log_every_steps == 0 or step == total_steps:
                     watch.check(self._latest_checkpoint())
                     result.last_losses = self._log(step, out.terms, out.total.detach(),
