@@ -64,12 +64,13 @@ def test_opt_ins_come_from_the_command_line_and_environment_only():
                                        "a": {"_target_": "mypkg.f"}}))
 
 
-def test_checkpoints_load_with_weights_only_and_no_remote_code_by_default():
+def test_no_pickles_and_no_remote_code_by_default():
     loads = re.findall(r"torch\.load\(([^)]*)\)", "".join(
         p.read_text() for p in SRC.rglob("*.py")))
     assert loads and all("weights_only=True" in args for args in loads), loads
     for path in SRC.rglob("*.py"):
-        assert "trust_remote_code=True" not in path.read_text(), path
+        text = path.read_text()
+        assert "trust_remote_code=True" not in text and "allow_pickle=True" not in text, path
     for name in ("teacher/hub.yaml", "student/hub.yaml"):
         assert OmegaConf.load(CONF / name).trust_remote_code is False
 
