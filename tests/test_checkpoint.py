@@ -156,6 +156,29 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path):
         "step-00000001.pt"]
 
 
+def test_disk_full_names_the_step_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    manager = CheckpointManager(tmp_path / "ck", every_steps=1, keep_last=2)
+    manager.save(1, _state(1), None)
+
+    def full(obj, fh):  # half a file, then the device is full
+        fh.write(b"x" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"checkpoint at step 2 not saved: cannot write "
+                                              r".*step-00000002.pt: No space left on device.*"
+                                              r"step-00000001.pt, is intact.*resume=auto"):
+        manager.save(2, _state(2), None)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "index.json", "step-00000001.pt"], "no half-written file stays"
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(tmp_path / "ck" / "step-00000001.pt")["student"]["w"],
+                       torch.full((2,), 1.0))
+
+
 def test_find_checkpoint(tmp_path):
     run = tmp_path / "run"
     assert find_checkpoint(None, run) is None

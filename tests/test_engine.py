@@ -97,6 +97,44 @@ def test_non_finite_loss_stops_with_clear_error(data):
         _distiller(None, student, NanLoss(), max_steps=5).fit(data.loader("train", 16))
 
 
+def test_first_non_finite_step_is_found_between_logs_and_never_checkpointed(data):
+    class NanFromStep3(torch.nn.Module):
+        """Hard-label loss whose kd term turns NaN at the third forward pass."""
+
+        needs_teacher = False
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, student, teacher, batch):
+            self.calls += 1
+            hard = torch.nn.functional.cross_entropy(student["logits"], batch["labels"])
+            kd = hard.detach() * (float("nan") if self.calls >= 3 else 0.0)
+            return LossOutput(total=hard + kd, terms={"hard": hard.detach(), "kd": kd})
+
+    class Every(list):
+        def due(self, step, evaluated):
+            return True
+
+        def save(self, step, state, metric):
+            self.append(step)
+
+        def latest(self):
+            return f"step-{self[-1]}" if self else None
+
+    teacher = tiny_teacher(labels=LABELS)
+    student = bert_student(2, 32, 2, 64, teacher=teacher, labels=LABELS).model
+    sink = Every()
+    d = _distiller(None, student, NanFromStep3(), max_steps=6, log_every_steps=5)
+    d.checkpoints = sink
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 3 \(total=nan, "
+                                            r"hard=[0-9.]+, kd=nan\).*newest: step-2\).*"
+                                            r"trainer.optimizer.lr.*max_grad_norm.*fp32"):
+        d.fit(data.loader("train", 16))
+    assert sink == [1, 2], "no checkpoint after the non-finite step"
+
+
 def test_every_term_and_lr_logged_to_tensorboard(data, tmp_path):
     teacher = tiny_teacher(labels=LABELS)
     student = bert_student(2, 32, 2, 64, teacher=teacher, labels=LABELS).model

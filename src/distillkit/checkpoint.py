@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from distillkit.errors import DistillkitError
+from distillkit.errors import DistillkitError, OutputError
 from distillkit.io import write_file, write_json
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ _NAME = re.compile(r"^step-(\d+)\.pt$")
 # Config keys that may differ between a checkpoint's run and the run resuming it.
 RESUMABLE_CHANGES = frozenset({"resume", "export_student", "trainer.progress",
                                "trainer.num_workers", "trainer.checkpoint_every_steps",
-                               "trainer.keep_checkpoints"})
+                               "trainer.keep_checkpoints", "allow_targets"})
 
 
 class CheckpointError(DistillkitError):
@@ -90,10 +90,20 @@ class CheckpointManager:
             step: the optimizer step the state was taken after.
             state: the training state (see :meth:`Distiller.fit`).
             metric: student eval accuracy at this step (None when no eval ran at it).
+
+        Raises:
+            CheckpointError: when the disk is full; the checkpoints written before stay intact.
         """
         path = self.directory / f"step-{step:08d}.pt"
         payload = {**state, "meta": self.meta}
-        write_file(path, lambda fh: torch.save(payload, fh))
+        before = self.latest()
+        try:
+            write_file(path, lambda fh: torch.save(payload, fh))
+        except OutputError as exc:
+            kept = (f"the checkpoint before it, {before}, is intact: continue from it with "
+                    "resume=auto once there is space" if before is not None
+                    else "no earlier checkpoint exists")
+            raise CheckpointError(f"checkpoint at step {step} not saved: {exc}; {kept}") from exc
         metrics = self._index.setdefault("metrics", {})
         if metric is not None:
             metrics[path.name] = float(metric)
@@ -118,6 +128,11 @@ class CheckpointManager:
                                   if k in keep}
         self._index["kept"] = sorted(keep)
         write_json(self.directory / "index.json", self._index)
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint file (None before the first)."""
+        files = checkpoint_files(self.directory)
+        return files[-1] if files else None
 
     def best(self) -> Path | None:
         """The kept checkpoint with the highest metric (None before any evaluation)."""

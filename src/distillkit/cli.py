@@ -17,6 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from distillkit.compose_guard import guarded
 from distillkit.errors import DistillkitError
 from distillkit.schemas import register_schemas
 
@@ -127,14 +128,20 @@ def _sweep_failures() -> int:
 
 
 def _app(argv: list[str]) -> None:
-    """Runs the Hydra app with ``argv`` as its command line."""
+    """Runs the Hydra app with ``argv`` as its command line.
+
+    A config that does not compose, or names code outside the allow-list
+    (:mod:`distillkit.safety`), ends it with one ``error:`` line and exit code 2 before Hydra
+    creates anything (:mod:`distillkit.compose_guard`).
+    """
     if any(a in ("--config-path", "-cp") or a.startswith("--config-path=") for a in argv) \
             and not any(a.startswith("hydra.job.name=") for a in argv):
         # a saved run's .hydra/config.yaml carries no hydra settings: keep the log name
         argv = [*argv, f"hydra.job.name={JOB_NAME}"]
     register_schemas()
     sys.argv = [sys.argv[0], *argv]
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_task)()
+    with guarded(argv):  # every composed config is checked before Hydra uses it
+        hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_task)()
 
 
 def main() -> None:

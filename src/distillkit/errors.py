@@ -26,3 +26,12 @@ class ModelError(DistillkitError):
 
 class TrainingError(DistillkitError):
     """Training cannot go on (non-finite loss, ...)."""
+
+
+class OutputError(DistillkitError):
+    """Run output cannot be written (no space left on the device, quota exceeded)."""
+
+
+class UnsafeConfigError(ConfigError):
+    """The config would run code that is not allowed (``_target_`` outside the allow-list,
+    remote model code) without the user opting in on the command line."""

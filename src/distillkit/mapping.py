@@ -72,7 +72,8 @@ def validate_pairs(pairs: Sequence[LayerPair], *, teacher_layers: int,
         if not (0 <= pair.student <= student_layers and 0 <= pair.teacher <= teacher_layers):
             raise ConfigError(
                 f"{where} is out of range: student indices must be in [0, {student_layers}] "
-                f"and teacher indices in [0, {teacher_layers}] (0 = embeddings, L = last layer)"
+                f"and teacher indices in [0, {teacher_layers}] (0 = embeddings, L = last layer); "
+                "fix mapping.pairs, or use mapping=uniform"
             )
         if pair.feature is not None and pair.feature not in FEATURES:
             raise ConfigError(f"{where}: feature '{pair.feature}' is not one of "

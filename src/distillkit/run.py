@@ -39,6 +39,7 @@ from distillkit.hparams import hparams_of, log_hparams
 from distillkit.io import write_dir, write_file, write_json
 from distillkit.models import ModelBundle, check_compatible, count_parameters, first_layers
 from distillkit.offline_logits import OfflineTeacher, check_offline, match_offline_logits
+from distillkit.safety import check_config, opt_ins
 from distillkit.teacher_outputs import attach_teacher_logits
 from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
 
@@ -242,8 +243,15 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
     Returns:
         The metrics dict (also written to ``metrics.json``); ``metrics["objective"]["value"]``
         is what a sweeper optimises.
+
+    Raises:
+        UnsafeConfigError: before anything is built or written, when the config names code
+            outside the allow-list (:mod:`distillkit.safety`).
     """
     launch = launch or {}
+    # the CLI checked the composed config already (distillkit.compose_guard); this covers a
+    # config handed to run() directly, before anything is built or written
+    check_config(cfg, opt_ins(launch.get("overrides", ())))
     objective = cfg.get("objective", "final_accuracy")
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective={objective} is not one of {', '.join(OBJECTIVES)}")

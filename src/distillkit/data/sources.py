@@ -55,7 +55,8 @@ def _read_jsonl(path: Path) -> list[dict]:
                     f"{path}:{lineno}: malformed JSON line ({exc.msg}); fix or remove that line"
                 ) from exc
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line")
+                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got "
+                                f"{type(row).__name__}; write each row as {{\"text\": ...}}")
             rows.append(row)
     return rows
 
@@ -64,7 +65,8 @@ def _read_json(path: Path) -> list[dict]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}); fix the file at "
+                        "that line") from exc
     if isinstance(data, dict) and "data" in data:
         data = data["data"]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -88,8 +90,14 @@ def _read_delimited(path: Path, delimiter: str) -> list[dict]:
     return rows
 
 
-def read_rows(path: str | Path, fmt: str | None = None) -> list[dict]:
+def read_rows(path: str | Path, fmt: str | None = None, key: str = "the data config"
+              ) -> list[dict]:
     """Reads a jsonl, json, csv or tsv file into a list of row dicts.
+
+    Args:
+        path: the file.
+        fmt: ``jsonl``, ``json``, ``csv`` or ``tsv``; None: from the suffix.
+        key: the config key that names the file (for messages).
 
     Raises:
         DataError: for a missing file, an unknown format, a malformed line (with its line
@@ -97,7 +105,8 @@ def read_rows(path: str | Path, fmt: str | None = None) -> list[dict]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"data file not found: {path}; check the path in the data config")
+        raise DataError(f"data file not found: {path}; check the path in {key} (relative "
+                        "paths start from the directory you run in)")
     fmt = fmt or _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(
@@ -113,7 +122,8 @@ def read_rows(path: str | Path, fmt: str | None = None) -> list[dict]:
         raise DataError(f"unknown data format '{fmt}'; choose one of {sorted(readers)}")
     rows = readers[fmt](path)
     if not rows:
-        raise DataError(f"data file is empty: {path}")
+        raise DataError(f"data file is empty: {path} has no rows; fill it or point {key} "
+                        "at another file")
     return rows
 
 
@@ -135,7 +145,7 @@ def local_files(
     splits = {}
     for split, path in files.items():
         if path:
-            splits[split] = Dataset.from_list(read_rows(path, format))
+            splits[split] = Dataset.from_list(read_rows(path, format, f"data.source.{split}"))
             log.info("read %d rows of split '%s' from %s", len(splits[split]), split, path)
     if not splits:
         raise DataError("data.source names no files; set data.source.train=<path> at least")

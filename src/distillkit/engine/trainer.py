@@ -31,6 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from distillkit.engine.evaluate import evaluate, model_inputs
+from distillkit.engine.nonfinite import NonFiniteWatch, check_finite_weights
 from distillkit.engine.resume import (
     CheckpointSink,
     capture_epoch_rng,
@@ -175,11 +176,6 @@ class Distiller:
              lr: float) -> dict[str, float]:
         values = {name: float(v) for name, v in terms.items()}
         values["total"] = float(total)
-        if not all(math.isfinite(v) for v in values.values()):
-            raise TrainingError(
-                f"non-finite loss at step {step} ({values}); lower trainer.optimizer.lr, "
-                "keep trainer.max_grad_norm set, or use trainer.precision=fp32"
-            )
         if self.writer is not None:
             for name, v in values.items():
                 self.writer.add_scalar(f"train/loss/{name}", v, step)
@@ -207,8 +203,13 @@ class Distiller:
             for name in ("accuracy", "loss"):
                 self.writer.add_scalar(f"eval/student/{name}", metrics[name], step)
 
+    def _latest_checkpoint(self):
+        return getattr(self.checkpoints, "latest", lambda: None)()
+
     def _save_checkpoint(self, step: int, result: TrainResult, position: dict[str, Any],
                          parts: dict[str, Any], evaluated: bool, seconds: float) -> None:
+        parts["watch"].check(self._latest_checkpoint())  # never checkpoint after a NaN
+        check_finite_weights([*self.student.parameters(), *self.loss.parameters()], step)
         state = {
             "step": step, **position,
             "student": self.student.state_dict(), "loss": self.loss.state_dict(),
@@ -252,7 +253,8 @@ class Distiller:
             Steps taken, time, last logged losses and the evaluation history.
 
         Raises:
-            TrainingError: when the loss becomes NaN or infinite.
+            TrainingError: at the first NaN or infinite loss (see
+                :mod:`distillkit.engine.nonfinite`); checkpoints written before it are kept.
         """
         s = self.settings
         if len(train_loader) == 0:
@@ -262,7 +264,9 @@ class Distiller:
         params += [p for p in self.loss.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         scheduler = self.scheduler_factory(optimizer, num_training_steps=total_steps)
-        parts = {"optimizer": optimizer, "scheduler": scheduler, "total_steps": total_steps}
+        watch = NonFiniteWatch()
+        parts = {"optimizer": optimizer, "scheduler": scheduler, "total_steps": total_steps,
+                 "watch": watch}
         result = TrainResult(steps=0, epochs_completed=0.0, train_seconds=0.0)
         step, micro, epoch, skip, seconds_before = 0, 0, 0, 0, 0.0
         if resume is not None:
@@ -315,6 +319,7 @@ class Distiller:
                     out = self.loss(student_out, teacher_out, batch_on_device)
                 self.scaler.scale(out.total / s.grad_accum_steps).backward()
                 micro += 1
+                watch.note(step + 1, out.total, out.terms)  # every micro-batch of the step
                 if micro % s.grad_accum_steps:
                     continue
                 if s.max_grad_norm is not None:
@@ -327,6 +332,7 @@ class Distiller:
                 step += 1
                 bar.update(1)
                 if step % s.log_every_steps == 0 or step == total_steps:
+                    watch.check(self._latest_checkpoint())
                     result.last_losses = self._log(step, out.terms, out.total.detach(),
                                                    scheduler.get_last_lr()[0])
                     bar.set_postfix(loss=f"{result.last_losses['total']:.4f}")
@@ -351,6 +357,7 @@ class Distiller:
                 continue
             break
         bar.close()
+        watch.check(self._latest_checkpoint())
         result.steps = step
         result.epochs_completed = micro / max(len(train_loader), 1)
         result.train_seconds = seconds_before + time.perf_counter() - start

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import is_offline_mode
 
 from distillkit.errors import ModelError
 from distillkit.models.bundle import ModelBundle
@@ -14,7 +15,20 @@ log = logging.getLogger(__name__)
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+
+
+def _not_loaded(role: str, name_or_path: str, exc: BaseException) -> ModelError:
+    """The error for a model that could not be loaded, with the fix for this situation."""
+    if is_offline_mode():
+        fix = ("HF_HUB_OFFLINE=1 is set, so only models already in the local Hugging Face "
+               "cache load: run once with network access (HF_HUB_OFFLINE unset), or set "
+               f"{role}.name_or_path to a local directory")
+    else:
+        fix = (f"check the hub name (https://huggingface.co/{name_or_path}) and network "
+               f"access, or set {role}.name_or_path to a local directory")
+    return ModelError(f"could not load {role}.name_or_path='{name_or_path}': "
+                      f"{_first_line(exc)}; {fix}")
 
 
 def pretrained_classifier(
@@ -23,6 +37,7 @@ def pretrained_classifier(
     trust_remote_code: bool = False,
     *,
     labels: list[str],
+    role: str = "teacher",
 ) -> ModelBundle:
     """Loads any ``AutoModelForSequenceClassification`` and its tokenizer.
 
@@ -35,6 +50,7 @@ def pretrained_classifier(
         revision: hub revision (branch, tag or commit).
         trust_remote_code: allow the checkpoint's own modelling code (off unless you opt in).
         labels: the task's label names, in id order.
+        role: ``teacher`` or ``student`` (the config section named in messages).
 
     Raises:
         ModelError: when the checkpoint cannot be loaded or its label count differs.
@@ -43,18 +59,15 @@ def pretrained_classifier(
     try:
         config = AutoConfig.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"could not load model config '{name_or_path}': {_first_line(exc)}. Check the hub "
-            "name and network access (HF_HUB_OFFLINE=1 needs a local copy), or set "
-            "name_or_path to a local directory"
-        ) from exc
+        raise _not_loaded(role, name_or_path, exc) from exc
     archs = getattr(config, "architectures", None) or []
     has_head = any(a.endswith("ForSequenceClassification") for a in archs)
     if has_head and config.num_labels != len(labels):
         raise ModelError(
-            f"'{name_or_path}' has a classification head with {config.num_labels} labels but "
-            f"the data has {len(labels)} ({', '.join(labels)}); use a checkpoint trained on "
-            "this task, a plain encoder, or fix data.labels"
+            f"label-count mismatch: {role}.name_or_path='{name_or_path}' has a classification "
+            f"head with {config.num_labels} labels but the data has {len(labels)} "
+            f"({', '.join(labels)}); use a checkpoint trained on this task, a plain encoder, "
+            "or fix data.labels"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
@@ -66,7 +79,7 @@ def pretrained_classifier(
             **kwargs,
         )
     except (OSError, ValueError) as exc:
-        raise ModelError(f"could not load '{name_or_path}': {_first_line(exc)}") from exc
+        raise _not_loaded(role, name_or_path, exc) from exc
     if not has_head:
         log.info("'%s' has no classification head: a new %d-way head was initialised",
                  name_or_path, len(labels))
@@ -106,4 +119,5 @@ def pretrained_student(
     (:func:`distillkit.models.check_compatible`).
     """
     del teacher  # the student keeps its own tokenizer; compatibility is checked by the run
-    return pretrained_classifier(name_or_path, revision, trust_remote_code, labels=labels)
+    return pretrained_classifier(name_or_path, revision, trust_remote_code, labels=labels,
+                                 role="student")
