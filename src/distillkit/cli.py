@@ -75,9 +75,11 @@ def _task(cfg: DictConfig) -> float:
     and the summary lists it; a single run exits non-zero.
     """
     global LAST_RUN_DIR
+    from distillkit.distributed_hydra import prepare_job
     from distillkit.run import run  # heavy imports only once the config composed
     from distillkit.sweep import clear_failure, record_failure
 
+    main_rank = prepare_job().is_main  # a data-parallel run: rank 0 alone writes files
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     LAST_RUN_DIR = out_dir
@@ -86,7 +88,8 @@ def _task(cfg: DictConfig) -> float:
     launch = {"mode": hc.mode.name, "overrides": overrides,
               "choices": {k: v for k, v in hc.runtime.choices.items()
                           if not k.startswith("hydra")}}
-    clear_failure(out_dir)
+    if main_rank:
+        clear_failure(out_dir)
     try:
         metrics = run(cfg, out_dir, launch)
     except KeyboardInterrupt:
@@ -95,7 +98,8 @@ def _task(cfg: DictConfig) -> float:
         sys.exit(130)
     except Exception as exc:
         line = _error_line(exc)
-        record_failure(out_dir, line, exc, overrides)
+        if main_rank:
+            record_failure(out_dir, line, exc, overrides)
         expected = _user_error(exc) is not None or isinstance(exc, InstantiationException)
         if multirun:
             log.error("error: sweep job #%s failed: %s (%s); the sweep goes on", hc.job.num,
@@ -133,7 +137,9 @@ def _app(argv: list[str]) -> None:
         # a saved run's .hydra/config.yaml carries no hydra settings: keep the log name
         argv = [*argv, f"hydra.job.name={JOB_NAME}"]
     register_schemas()
-    sys.argv = [sys.argv[0], *argv]
+    from distillkit.distributed_hydra import rank_overrides
+
+    sys.argv = [sys.argv[0], *rank_overrides(argv)]
     hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_task)()
 
 
@@ -152,5 +158,10 @@ def main() -> None:
         from distillkit.reproduce import main as reproduce_main
 
         sys.exit(reproduce_main(sys.argv[2:], _app, lambda: LAST_RUN_DIR))
-    _app(sys.argv[1:])
+    from distillkit import distributed
+
+    try:
+        _app(sys.argv[1:])
+    finally:
+        distributed.shutdown()  # leaves the process group of a data-parallel run, if any
     sys.exit(_sweep_failures())
