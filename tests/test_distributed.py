@@ -128,6 +128,18 @@ def test_submitit_tasks_export_the_torch_environment():
     assert "RANK" not in os.environ
 
 
+@pytest.mark.parametrize(("env", "subdir"), [
+    ({}, ".hydra"), ({"RANK": "0"}, ".hydra"), ({"RANK": "1"}, None),
+    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "7", "SLURM_PROCID": "3"}, None),
+])
+def test_only_rank_0_writes_the_hydra_subdir(compose_cfg, env, subdir):
+    with mock.patch.dict(os.environ, env):
+        if "RANK" not in env:
+            os.environ.pop("RANK", None)
+        cfg = compose_cfg(return_hydra_config=True)
+        assert cfg.hydra.output_subdir == subdir
+
+
 def test_slurm_launcher_config_composes(compose_cfg):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
                         reason="hydra-submitit-launcher (distillkit[slurm]) not installed")

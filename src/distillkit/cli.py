@@ -17,6 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from distillkit import distributed_hydra  # noqa: F401 - registers ${distillkit.rank0:...}
 from distillkit.errors import DistillkitError
 from distillkit.schemas import register_schemas
 
@@ -137,9 +138,7 @@ def _app(argv: list[str]) -> None:
         # a saved run's .hydra/config.yaml carries no hydra settings: keep the log name
         argv = [*argv, f"hydra.job.name={JOB_NAME}"]
     register_schemas()
-    from distillkit.distributed_hydra import rank_overrides
-
-    sys.argv = [sys.argv[0], *rank_overrides(argv)]
+    sys.argv = [sys.argv[0], *argv]
     hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_task)()
 
 

@@ -7,8 +7,10 @@ callback in ``conf/config.yaml``) makes ``${now:...}`` read rank 0's clock on ev
 Hydra resolves the run or sweep directory: all ranks share rank 0's directory, whatever pattern
 it uses, also without ``hydra.run.dir``.
 
-Ranks > 0 write nothing there: :func:`rank_overrides` turns off their ``.hydra/`` copy of the
-config, and :func:`prepare_job` sends their log lines to the console only
+Ranks > 0 write nothing there: ``hydra.output_subdir`` is ``${distillkit.rank0:.hydra}``, which
+resolves to None (no ``.hydra/`` copy of the config) on ranks > 0 while every rank's config,
+and so the ``multirun.yaml`` each rank's sweeper saves, stays the same text; and
+:func:`prepare_job` sends their log lines to the console only
 (:func:`distillkit.distributed.configure_rank_logging`).
 
 Under submitit (``hydra/launcher=slurm``) the launcher names each job's directory once, when it
@@ -56,14 +58,30 @@ class SharedRunDir(Callback):
         share_launch_time(config)
 
 
-def rank_overrides(argv: list[str]) -> list[str]:
-    """``argv`` plus, on ranks > 0, ``hydra.output_subdir=null`` (rank 0 alone writes the
-    run's ``.hydra/``)."""
-    if int(os.environ.get("RANK", "0") or 0) == 0:
-        return argv
-    if any(a.startswith("hydra.output_subdir=") for a in argv):
-        return argv
-    return [*argv, "hydra.output_subdir=null"]
+def launch_rank() -> int:
+    """This process's global rank as its launcher named it (before any process group): the
+    ``RANK`` of torchrun/accelerate, a submitit task's rank, else 0."""
+    if os.environ.get("RANK"):
+        return int(os.environ["RANK"])
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        try:
+            from submitit import JobEnvironment
+
+            return int(JobEnvironment().global_rank)
+        except Exception:  # not inside a job after all
+            return 0
+    return 0
+
+
+def _rank0(value: Any) -> Any:
+    """``${distillkit.rank0:x}``: x on rank 0, None on the other ranks."""
+    return value if launch_rank() == 0 else None
+
+
+# Resolved in each process when Hydra reads it (never cached: the config travels to submitit
+# tasks). Registered on import: the CLI and the submitit tasks (which unpickle the CLI's task
+# function) import this module before Hydra resolves the config.
+OmegaConf.register_new_resolver("distillkit.rank0", _rank0, replace=True)
 
 
 def prepare_job() -> distributed.DistEnv:
