@@ -3,8 +3,8 @@
 The end-to-end test runs the real CLI under ``torch.distributed.run`` with 2 CPU processes
 (gloo) and once in one process with the same global batch, and compares the metrics: the
 runs see the same examples at every step, so they differ only by float reduction order.
-Measured on the CI machine: relative differences of at most ~2e-7 on every loss, identical
-accuracies. The test allows 1e-5 relative on losses and one example on accuracies; without
+Measured on this project's 2-core CPU machine: relative differences of at most ~2e-7 on every
+loss, identical accuracies. The test allows 1e-5 relative on losses and one example on accuracies; without
 the share weights of a smaller last batch (13 + 12 examples here) the losses differ by ~1e-3.
 """
 
