@@ -17,6 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from distillkit import distributed_hydra  # noqa: F401 - registers ${distillkit.rank0:...}
 from distillkit.compose_guard import guarded
 from distillkit.errors import DistillkitError
 from distillkit.schemas import register_schemas
@@ -76,9 +77,11 @@ def _task(cfg: DictConfig) -> float:
     and the summary lists it; a single run exits non-zero.
     """
     global LAST_RUN_DIR
+    from distillkit.distributed_hydra import prepare_job
     from distillkit.run import run  # heavy imports only once the config composed
     from distillkit.sweep import clear_failure, record_failure
 
+    main_rank = prepare_job().is_main  # a data-parallel run: rank 0 alone writes files
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     LAST_RUN_DIR = out_dir
@@ -87,7 +90,8 @@ def _task(cfg: DictConfig) -> float:
     launch = {"mode": hc.mode.name, "overrides": overrides,
               "choices": {k: v for k, v in hc.runtime.choices.items()
                           if not k.startswith("hydra")}}
-    clear_failure(out_dir)
+    if main_rank:
+        clear_failure(out_dir)
     try:
         metrics = run(cfg, out_dir, launch)
     except KeyboardInterrupt:
@@ -96,7 +100,8 @@ def _task(cfg: DictConfig) -> float:
         sys.exit(130)
     except Exception as exc:
         line = _error_line(exc)
-        record_failure(out_dir, line, exc, overrides)
+        if main_rank:
+            record_failure(out_dir, line, exc, overrides)
         expected = _user_error(exc) is not None or isinstance(exc, InstantiationException)
         if multirun:
             log.error("error: sweep job #%s failed: %s (%s); the sweep goes on", hc.job.num,
@@ -159,5 +164,10 @@ def main() -> None:
         from distillkit.reproduce import main as reproduce_main
 
         sys.exit(reproduce_main(sys.argv[2:], _app, lambda: LAST_RUN_DIR))
-    _app(sys.argv[1:])
+    from distillkit import distributed
+
+    try:
+        _app(sys.argv[1:])
+    finally:
+        distributed.shutdown()  # leaves the process group of a data-parallel run, if any
     sys.exit(_sweep_failures())

@@ -4,6 +4,11 @@ Only this module calls ``hydra.utils.instantiate``; the engine receives built ob
 
 Run graph (each stage logs its start): build → teacher (fine-tune once, cached) → teacher
 outputs (logits once, cached) → distil (checkpointed; resumable) → evaluate → export.
+
+In a data-parallel run (``torchrun``, ``accelerate launch``, submitit tasks: see
+:mod:`distillkit.distributed`) every rank runs this graph: rank 0 builds first (so the teacher
+stage and the teacher logits are computed once, and the others read the caches), every rank
+trains and evaluates its share of the data, and rank 0 alone writes into the run directory.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from transformers import set_seed
 
-from distillkit import provenance
+from distillkit import distributed, provenance
 from distillkit.checkpoint import (
     DIRNAME,
     CheckpointManager,
@@ -252,45 +257,55 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
     # the CLI checked the composed config already (distillkit.compose_guard); this covers a
     # config handed to run() directly, before anything is built or written
     check_config(cfg, opt_ins(launch.get("overrides", ())))
+    dist = distributed.current()
     objective = cfg.get("objective", "final_accuracy")
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective={objective} is not one of {', '.join(OBJECTIVES)}")
     export = ExportRequest.from_config(cfg)  # None for mode=distil
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    write_file(out_dir / "resolved_config.yaml", lambda fh: fh.write(resolved.encode()))
     settings = engine_settings(cfg.trainer)
-    write_json(out_dir / "provenance.json", provenance.collect(settings.seed, launch))
+    settings = dataclasses.replace(settings, device=dist.device_for(settings.device))
+    if dist.is_main:
+        resolved = OmegaConf.to_yaml(cfg, resolve=True)
+        write_file(out_dir / "resolved_config.yaml", lambda fh: fh.write(resolved.encode()))
+        write_json(out_dir / "provenance.json", provenance.collect(settings.seed, launch))
     if export is not None:  # mode=export_logits: teacher logits to a file, no distillation
-        set_seed(settings.seed)
-        _stage("build")
-        data, teacher = _data_and_teacher(cfg, settings, export.check)
-        _stage("export teacher logits")
-        return export_teacher_logits(teacher, data, export, settings, out_dir)
+        exported: dict[str, Any] = {}
+        if dist.is_main:  # one teacher pass; the other ranks wait
+            set_seed(settings.seed)
+            _stage("build")
+            data, teacher = _data_and_teacher(cfg, settings, export.check)
+            _stage("export teacher logits")
+            exported = export_teacher_logits(teacher, data, export, settings, out_dir)
+        dist.barrier()
+        return exported
+    dist.per_rank_batch(settings.batch_size)  # the global batch: divisible by the processes
     checkpoints, resume_state, resume_path = _checkpointing(cfg, out_dir)
     set_seed(settings.seed)
 
     _stage("build")
-    built = build(cfg, settings)
+    with dist.main_first():  # teacher stage and teacher logits once: the others read caches
+        built = build(cfg, settings)
     data, teacher, student = built["data"], built["teacher"], built["student"]
-    write_json(out_dir / "mapping.json", {
-        "pairs": [p.as_dict() for p in built["pairs"]],
-        "plan": [{"term": n, "student": p.student, "teacher": p.teacher, "weight": w}
-                 for n, p, w in getattr(getattr(built["loss"], "intermediate", None), "plan",
-                                        [])]})
-    pin = settings.resolve_device().type == "cuda"  # asynchronous host-to-GPU copies
+    if dist.is_main:
+        write_json(out_dir / "mapping.json", {
+            "pairs": [p.as_dict() for p in built["pairs"]],
+            "plan": [{"term": n, "student": p.student, "teacher": p.teacher, "weight": w}
+                     for n, p, w in getattr(getattr(built["loss"], "intermediate", None),
+                                            "plan", [])]})
+    # asynchronous host-to-GPU copies; with several processes, each rank's share of every batch
+    loading = {"num_workers": settings.num_workers, "shard": dist.shard(),
+               "pin_memory": settings.resolve_device().type == "cuda"}
     train_loader = data.loader("distil", settings.batch_size, shuffle=True, seed=settings.seed,
-                               num_workers=settings.num_workers,
-                               by_length=settings.group_by_length, pin_memory=pin)
-    eval_loader = data.loader("eval", settings.eval_batch_size,
-                              num_workers=settings.num_workers, pin_memory=pin)
+                               by_length=settings.group_by_length, **loading)
+    eval_loader = data.loader("eval", settings.eval_batch_size, **loading)
     final_role = "test" if data.has_split("test") else "eval"
-    final_loader = data.loader(final_role, settings.eval_batch_size,
-                               num_workers=settings.num_workers, pin_memory=pin)
+    final_loader = data.loader(final_role, settings.eval_batch_size, **loading)
 
     # a resumed run drops the events logged after its checkpoint, then logs them again
     writer = SummaryWriter(log_dir=str(out_dir / "tb"),
-                           purge_step=resume_state["step"] + 1 if resume_state else None)
+                           purge_step=resume_state["step"] + 1 if resume_state else None) \
+        if dist.is_main else None
     try:
         distiller = Distiller(
             student=student.model,
@@ -303,6 +318,7 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
             writer=writer,
             checkpoints=checkpoints,
             step_callback=_kill_hook(),
+            dist=dist,
         )
         _stage("distil")
         result = distiller.fit(train_loader, eval_loader, resume=resume_state)
@@ -315,7 +331,7 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
                                                  desc="eval teacher")
         student_metrics = distiller.evaluate(student.model, final_loader, desc="eval student")
         for who, m in (("teacher", teacher_metrics), ("student", student_metrics)):
-            if m is not None:
+            if m is not None and writer is not None:
                 writer.add_scalar(f"final/{who}/accuracy", m["accuracy"], result.steps)
         validation = None
         if objective == "validation_accuracy":
@@ -333,11 +349,18 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
         if resume_path is not None:
             metrics["resumed_from"] = {"checkpoint": str(resume_path),
                                        "step": int(resume_state["step"])}
-        log_hparams(writer, hparams_of(cfg, launch.get("overrides", ()),
-                                       launch.get("choices")), metrics, result.steps)
+        if dist.enabled:
+            metrics["distributed"] = dist.summary(settings.batch_size)
+        if writer is not None:
+            log_hparams(writer, hparams_of(cfg, launch.get("overrides", ()),
+                                           launch.get("choices")), metrics, result.steps)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
+    if not dist.is_main:  # rank 0 exports and writes the metrics
+        dist.barrier()
+        return metrics
     _stage("export")
     if cfg.get("export_student", True):
         def save(tmp: Path) -> None:
@@ -350,6 +373,7 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
     write_json(out_dir / "metrics.json", metrics)
     log.info("summary\n%s", _format_summary(metrics))
     log.info("run output: %s", out_dir)
+    dist.barrier()  # every rank returns once the run's output is complete
     return metrics
 
 

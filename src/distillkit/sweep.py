@@ -50,8 +50,11 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarises the finished sweep (a failure to summarise never fails the sweep)."""
         global LAST_SUMMARY
+        from distillkit import distributed
         from distillkit.report import write_report
 
+        if not distributed.current().is_main:  # a torchrun sweep: rank 0 summarises
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             LAST_SUMMARY = write_report(sweep_dir)

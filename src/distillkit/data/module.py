@@ -8,10 +8,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from distillkit.data.sampling import LengthGroupedBatchSampler, SortedBatchSampler
+from distillkit.data.sampling import (
+    LengthGroupedBatchSampler,
+    ShardedBatchSampler,
+    SortedBatchSampler,
+)
 from distillkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -300,6 +304,7 @@ class TextClassificationData:
     def loader(
         self, role: str, batch_size: int, shuffle: bool = False, seed: int = 0,
         num_workers: int = 0, by_length: bool = True, pin_memory: bool = False,
+        shard: tuple[int, int] | None = None,
     ) -> DataLoader:
         """A DataLoader over a tokenised split with dynamic padding.
 
@@ -315,6 +320,10 @@ class TextClassificationData:
                 batches; without, batches in length order (per-example outputs go back in
                 dataset order with :func:`~distillkit.data.sampling.restore_order`).
             pin_memory: batches in page-locked memory (asynchronous copies to a GPU).
+            shard: ``(rank, world_size)`` in a data-parallel run: ``batch_size`` is the global
+                batch and this loader yields the rank's share of each global batch (see
+                :class:`~distillkit.data.sampling.ShardedBatchSampler`); with ``shuffle``
+                (training) every rank yields the same number of batches.
         """
         if self.tokenizer is None:
             raise RuntimeError("call tokenize(tokenizer) before loader()")
@@ -335,9 +344,16 @@ class TextClassificationData:
             lengths = self.lengths(role)
             sampler = (LengthGroupedBatchSampler(lengths, batch_size, generator) if shuffle
                        else SortedBatchSampler(lengths, batch_size))
-            # the generator also seeds worker processes: iterating never touches the global RNG
-            return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                              generator=generator, num_workers=num_workers,
+        elif shard is not None:  # the batches DataLoader(batch_size, shuffle) would draw
+            order = (RandomSampler(dataset, generator=generator) if shuffle
+                     else SequentialSampler(dataset))
+            sampler = BatchSampler(order, batch_size, drop_last=False)
+        else:
+            return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                              generator=generator, collate_fn=collate, num_workers=num_workers,
                               pin_memory=pin_memory)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory)
+        if shard is not None:
+            sampler = ShardedBatchSampler(sampler, len(dataset), batch_size, *shard, even=shuffle)
+        # the generator also seeds worker processes: iterating never touches the global RNG
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                          generator=generator, num_workers=num_workers, pin_memory=pin_memory)

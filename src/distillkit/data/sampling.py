@@ -10,6 +10,8 @@ every forward and backward pass goes to padding. Grouping by length removes most
   "megabatches" of ``megabatch_factor`` batches and shuffling the resulting batches, so batches
   stay random in content and order but each holds examples of similar length (the scheme of
   Hugging Face's ``LengthGroupedSampler``, with the batch order shuffled as well).
+* :class:`ShardedBatchSampler` (data-parallel runs): each rank's disjoint share of another
+  sampler's global batches, so N ranks together take the same examples per step as one process.
 """
 
 from __future__ import annotations
@@ -71,6 +73,50 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """One rank's share of every batch of another batch sampler (DDP).
+
+    Every rank draws the same global batches (same sampler, same seed) and keeps the examples
+    at positions ``rank, rank + world_size, ...`` of each: disjoint shards that together are
+    the global batch, alike in length (length-grouped batches are sorted, so contiguous halves
+    would give one rank all the long examples).
+
+    Args:
+        batches: the global batch sampler.
+        num_examples: examples the global sampler covers.
+        batch_size: its batch size (only its last batch may be smaller).
+        rank: this rank.
+        world_size: number of ranks.
+        even: every rank yields the same number of batches (training steps in lockstep): a
+            global batch with fewer examples than ranks is skipped on every rank. Without it
+            (evaluation) every example is kept and a rank skips only its empty shards.
+    """
+
+    def __init__(self, batches: Sampler[list[int]], num_examples: int, batch_size: int,
+                 rank: int, world_size: int, even: bool = True) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.batches = batches
+        self.rank, self.world_size, self.even = int(rank), int(world_size), even
+        self.last = int(num_examples) % int(batch_size)  # size of a smaller last batch, or 0
+        self.batch_size = int(batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            if self.even and len(batch) < self.world_size:
+                continue
+            shard = list(batch[self.rank::self.world_size])
+            if shard:
+                yield shard
+
+    def __len__(self) -> int:
+        if self.even:
+            skipped = 0 < self.last < self.world_size
+        else:
+            skipped = 0 < self.last <= self.rank
+        return len(self.batches) - int(skipped)
 
 
 def restore_order(batch_sampler: object, rows: np.ndarray) -> np.ndarray:

@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from distillkit.distributed import SINGLE, DistEnv
+
 # Batch entries that are targets, not model inputs.
 NON_INPUT_KEYS = frozenset({"labels", "teacher_logits"})
 
@@ -33,12 +35,16 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     desc: str = "eval",
     progress: bool = True,
+    dist: DistEnv = SINGLE,
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``model`` on ``loader``.
 
+    In a data-parallel run (``dist``) each rank evaluates its shard of the split and the
+    counts and sums are added up over the ranks: every rank returns the whole split's metrics.
+
     Returns:
         ``{"accuracy": ..., "loss": ..., "examples": ..., "seconds": ...}`` where ``seconds``
-        is the wall time of the forward passes (batches already built).
+        is the wall time of the forward passes (batches already built; the slowest rank's).
     """
     was_training = model.training
     model.eval()
@@ -55,10 +61,12 @@ def evaluate(
         correct += (logits.argmax(-1) == labels).sum()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         seen += labels.numel()
-    accuracy, loss = correct.item(), loss_sum.item()  # the only host syncs
-    seconds = time.perf_counter() - start
+    totals = torch.stack([correct.double(), loss_sum,
+                          torch.tensor(float(seen), dtype=torch.float64, device=device)])
+    accuracy, loss, seen = dist.all_reduce(totals).tolist()  # the only host sync
+    seconds = dist.all_reduce(torch.tensor([time.perf_counter() - start]), op="max").item()
     model.train(was_training)
-    seen = max(seen, 1)
+    seen = max(int(seen), 1)
     return {"accuracy": accuracy / seen, "loss": loss / seen, "examples": seen,
             "seconds": seconds}
 

@@ -12,6 +12,10 @@ With a checkpoint sink the loop hands over its complete state (student, loss, op
 scheduler, RNG states, loader position, results so far) at checkpoint steps, and
 ``fit(resume=state)`` continues from such a state exactly as if the run had never stopped
 (see :mod:`distillkit.engine.resume`).
+
+In a data-parallel run (``dist``) student and loss train under DDP (:mod:`.parallel`): each
+rank takes its share of every global batch, gradients, logged losses and evaluations are
+combined over the ranks, and only rank 0 writes TensorBoard scalars and checkpoints.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from distillkit.distributed import SINGLE, DistEnv
 from distillkit.engine.evaluate import evaluate, model_inputs
 from distillkit.engine.nonfinite import NonFiniteWatch, check_finite_weights
+from distillkit.engine.parallel import ParallelStep
 from distillkit.engine.resume import (
     CheckpointSink,
     capture_epoch_rng,
@@ -97,6 +103,8 @@ class Distiller:
         writer: TensorBoard writer (None: no TensorBoard logging).
         checkpoints: receives the training state at checkpoint steps (None: no checkpoints).
         step_callback: called with the step number after every optimizer step.
+        dist: the ranks of a data-parallel run (default: one process). Every rank builds its
+            Distiller alike; loaders then yield each rank's share of the global batches.
     """
 
     def __init__(
@@ -110,8 +118,10 @@ class Distiller:
         writer: SummaryWriter | None = None,
         checkpoints: CheckpointSink | None = None,
         step_callback: Callable[[int], None] | None = None,
+        dist: DistEnv = SINGLE,
     ) -> None:
         settings.validate()
+        self.dist = dist
         self.settings = settings
         self.device = settings.resolve_device()
         self.autocast_dtype = settings.autocast_dtype(self.device)
@@ -129,9 +139,10 @@ class Distiller:
             for model in (self.student, self.teacher):
                 if model is not None:  # in place: state_dict keys and the class stay the same
                     model.compile(dynamic=True, backend=settings.compile_backend)
+        self.parallel = ParallelStep(self.student, self.loss, self.device, dist)
         self.optimizer_factory = optimizer_factory
         self.scheduler_factory = scheduler_factory
-        self.writer = writer
+        self.writer = writer if dist.is_main else None
         self.checkpoints = checkpoints
         self.step_callback = step_callback
 
@@ -173,9 +184,9 @@ class Distiller:
         return _plain_outputs(out)
 
     def _log(self, step: int, terms: dict[str, torch.Tensor], total: torch.Tensor,
-             lr: float) -> dict[str, float]:
-        values = {name: float(v) for name, v in terms.items()}
-        values["total"] = float(total)
+             lr: float, weight: float) -> dict[str, float]:
+        # non-finite values were caught by the step's NonFiniteWatch before this is called
+        values = self.parallel.reduce_terms({**terms, "total": total}, weight)
         if self.writer is not None:
             for name, v in values.items():
                 self.writer.add_scalar(f"train/loss/{name}", v, step)
@@ -190,7 +201,7 @@ class Distiller:
         dtype = self.autocast_dtype if floating is None or floating.dtype == torch.float32 \
             else None
         return evaluate(model, loader, self.device, dtype, desc=desc,
-                        progress=self.settings.progress)
+                        progress=self.settings.progress and self.dist.is_main, dist=self.dist)
 
     def _eval_student(self, loader: DataLoader | None, step: int, result: TrainResult) -> None:
         if loader is None:
@@ -210,18 +221,33 @@ class Distiller:
                          parts: dict[str, Any], evaluated: bool, seconds: float) -> None:
         parts["watch"].check(self._latest_checkpoint())  # never checkpoint after a NaN
         check_finite_weights([*self.student.parameters(), *self.loss.parameters()], step)
+        rng = capture_rng()
+        # every rank's RNG states (dropout differs per rank); rank 0 alone writes the file
+        rank_rng = self.dist.gather_objects(rng) if self.dist.enabled else None
+        if not self.dist.is_main:
+            return
         state = {
             "step": step, **position,
             "student": self.student.state_dict(), "loss": self.loss.state_dict(),
             "optimizer": parts["optimizer"].state_dict(),
             "scheduler": parts["scheduler"].state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": capture_rng(), "total_steps": parts["total_steps"],
+            "rng": rng, "total_steps": parts["total_steps"],
             "result": {"last_losses": dict(result.last_losses), "evals": list(result.evals),
                        "train_seconds": seconds},
         }
+        if rank_rng is not None:
+            state["rank_rng"] = rank_rng
         metric = result.evals[-1]["accuracy"] if evaluated and result.evals else None
         self.checkpoints.save(step, state, metric)
+
+    def _rng_of(self, resume: dict[str, Any]) -> dict[str, Any]:
+        """This rank's RNG states in a checkpoint (rank 0's when it came from another number
+        of processes)."""
+        ranks = resume.get("rank_rng")
+        if self.dist.enabled and ranks and len(ranks) == self.dist.world_size:
+            return ranks[self.dist.rank]
+        return resume["rng"]
 
     def _restore(self, resume: dict[str, Any], parts: dict[str, Any],
                  result: TrainResult) -> None:
@@ -276,17 +302,23 @@ class Distiller:
             log.info("resuming at step %d of %d (epoch %d, batch %d)", step, total_steps,
                      epoch, skip)
             if step >= total_steps:  # killed after its last step: nothing left to train
-                restore_rng(resume["rng"])
-        log.info("training %d optimizer steps (batch %d x accumulation %d) on %s, student %s%s",
-                 total_steps, s.batch_size, s.grad_accum_steps, self.device,
+                restore_rng(self._rng_of(resume))
+        log.info("training %d optimizer steps (batch %d%s x accumulation %d) on %s, student %s%s",
+                 total_steps, s.batch_size, f" = {self.dist.world_size} processes x "
+                 f"{s.batch_size // self.dist.world_size}" if self.dist.enabled else "",
+                 s.grad_accum_steps, self.device,
                  f"{self.autocast_dtype} autocast" if self.autocast_dtype else "fp32",
                  f", teacher {self.teacher_dtype or torch.float32}" if self.teacher else "")
         self.student.train()
         optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not s.progress,
+        bar = tqdm(total=total_steps, initial=step, desc=desc,
+                   disable=not s.progress or not self.dist.is_main,
                    dynamic_ncols=True)
         start = time.perf_counter()
         ckpt = self.checkpoints
+
+        def backward(total: torch.Tensor) -> None:
+            self.scaler.scale(total / s.grad_accum_steps).backward()
 
         def save(evaluated: bool, position: dict[str, Any]) -> None:
             seconds = seconds_before + time.perf_counter() - start
@@ -304,7 +336,7 @@ class Distiller:
                 for _ in range(skip):
                     next(batches)
                 in_epoch = skip
-                restore_rng(resume["rng"])
+                restore_rng(self._rng_of(resume))
                 resume = None
             for batch in batches:
                 in_epoch += 1
@@ -314,10 +346,10 @@ class Distiller:
                     self.loss.set_progress(step, total_steps)
                 flags = self._flags()
                 teacher_out = self._teacher_outputs(inputs, batch, flags)
-                with self._autocast():
-                    student_out = self.student(**inputs, **flags)
-                    out = self.loss(student_out, teacher_out, batch_on_device)
-                self.scaler.scale(out.total / s.grad_accum_steps).backward()
+                out, weight = self.parallel.forward_backward(
+                    inputs, flags, teacher_out, batch_on_device,
+                    sync=(micro + 1) % s.grad_accum_steps == 0, autocast=self._autocast(),
+                    backward=backward)
                 micro += 1
                 watch.note(step + 1, out.total, out.terms)  # every micro-batch of the step
                 if micro % s.grad_accum_steps:
@@ -334,7 +366,7 @@ class Distiller:
                 if step % s.log_every_steps == 0 or step == total_steps:
                     watch.check(self._latest_checkpoint())
                     result.last_losses = self._log(step, out.terms, out.total.detach(),
-                                                   scheduler.get_last_lr()[0])
+                                                   scheduler.get_last_lr()[0], weight)
                     bar.set_postfix(loss=f"{result.last_losses['total']:.4f}")
                 evaluated = bool(s.eval_every_steps and step % s.eval_every_steps == 0
                                  and eval_loader is not None)
