@@ -1,16 +1,26 @@
-"""Models built from a config (random initialisation): the tiny teacher and BERT students."""
+"""Models built from a config (random initialisation): the tiny teachers and BERT students."""
 
 from __future__ import annotations
 
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    PreTrainedModel,
+)
 
 from distillkit.errors import ConfigError
 from distillkit.models.bundle import ModelBundle
 from distillkit.models.tokenizers import TINY_MAX_POSITIONS, TINY_WORDS, tiny_tokenizer
 
+ARCHITECTURES = {"bert": (BertConfig, BertForSequenceClassification),
+                 "electra": (ElectraConfig, ElectraForSequenceClassification)}
+
 
 def _bert_classifier(
     *,
+    architecture: str = "bert",
     vocab_size: int,
     num_layers: int,
     hidden_size: int,
@@ -20,13 +30,21 @@ def _bert_classifier(
     max_position_embeddings: int = 512,
     pad_token_id: int = 0,
     dropout: float = 0.1,
-) -> BertForSequenceClassification:
+) -> PreTrainedModel:
+    """A randomly initialised classifier of a BERT-like ``architecture`` (``bert``, ``electra``:
+    the same inputs, token type ids included; ELECTRA has no pooler and its own head)."""
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"architecture='{architecture}' is not one of "
+                          f"{', '.join(ARCHITECTURES)}")
     if hidden_size % num_heads:
         raise ConfigError(
             f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}; "
             "pick a head count that divides the hidden size"
         )
-    config = BertConfig(
+    config_class, model_class = ARCHITECTURES[architecture]
+    extra = {"embedding_size": hidden_size} if architecture == "electra" else {}
+    config = config_class(
+        **extra,
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
@@ -40,7 +58,7 @@ def _bert_classifier(
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
     )
-    return BertForSequenceClassification(config)
+    return model_class(config)
 
 
 def tiny_teacher(
@@ -49,10 +67,11 @@ def tiny_teacher(
     num_heads: int = 2,
     intermediate_size: int = 64,
     words: list[str] | None = None,
+    architecture: str = "bert",
     *,
     labels: list[str],
 ) -> ModelBundle:
-    """A randomly initialised tiny BERT classifier with an offline tokenizer (for tests).
+    """A randomly initialised tiny BERT (or ELECTRA) classifier with an offline tokenizer.
 
     Args:
         num_layers: transformer layers.
@@ -61,10 +80,12 @@ def tiny_teacher(
         intermediate_size: feed-forward width.
         words: whole-word vocabulary entries of the tokenizer (default: the generated
             ``data=tiny`` task's words; any other text falls back to characters).
+        architecture: ``bert`` or ``electra`` (same tokenizer and inputs, another model).
         labels: label names (supplied by the run from the data).
     """
     tokenizer = tiny_tokenizer(tuple(words) if words is not None else TINY_WORDS)
     model = _bert_classifier(
+        architecture=architecture,
         vocab_size=len(tokenizer),
         num_layers=num_layers,
         hidden_size=hidden_size,
@@ -74,7 +95,7 @@ def tiny_teacher(
         max_position_embeddings=TINY_MAX_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return ModelBundle(model=model, tokenizer=tokenizer, name=f"tiny-bert-{num_layers}x{hidden_size}")
+    return ModelBundle(model=model, tokenizer=tokenizer, name=f"tiny-{architecture}-{num_layers}x{hidden_size}")
 
 
 def bert_student(
