@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from transformers import PreTrainedTokenizerBase
+
 from distillkit.errors import ModelError
 from distillkit.models.bundle import ModelBundle
+
+
+def vocab_difference(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> list[str]:
+    """Up to five tokens that ``a`` and ``b`` map to different ids (or only one of them has);
+    empty when both read the same token ids."""
+    if a is b:
+        return []
+    a_vocab, b_vocab = a.get_vocab(), b.get_vocab()
+    if a_vocab == b_vocab:
+        return []
+    return sorted(tok for tok in set(a_vocab) ^ set(b_vocab) | {
+        tok for tok in set(a_vocab) & set(b_vocab) if a_vocab[tok] != b_vocab[tok]})[:5]
 
 
 def check_compatible(teacher: ModelBundle, student: ModelBundle) -> None:
@@ -15,21 +29,15 @@ def check_compatible(teacher: ModelBundle, student: ModelBundle) -> None:
     Raises:
         ModelError: naming the mismatch and how to fix it.
     """
-    if student.tokenizer is not teacher.tokenizer:
-        t_vocab, s_vocab = teacher.tokenizer.get_vocab(), student.tokenizer.get_vocab()
-        if t_vocab != s_vocab:
-            differing = sorted(
-                tok for tok in set(t_vocab) ^ set(s_vocab) | {
-                    tok for tok in set(t_vocab) & set(s_vocab) if t_vocab[tok] != s_vocab[tok]
-                }
-            )[:5]
-            raise ModelError(
-                f"vocabulary mismatch: teacher '{teacher.name}' ({len(t_vocab)} tokens) and "
-                f"student '{student.name}' ({len(s_vocab)} tokens) map tokens to different ids "
-                f"(e.g. {differing}); logit distillation needs one tokenizer. Use a student "
-                "built from the teacher's tokenizer (student=bert4l, student=tiny) or a "
-                "pretrained student from the same model family"
-            )
+    differing = vocab_difference(teacher.tokenizer, student.tokenizer)
+    if differing:
+        raise ModelError(
+            f"vocabulary mismatch: teacher '{teacher.name}' ({len(teacher.tokenizer)} tokens) "
+            f"and student '{student.name}' ({len(student.tokenizer)} tokens) map tokens to "
+            f"different ids (e.g. {differing}); logit distillation needs one tokenizer. Use a "
+            "student built from the teacher's tokenizer (student=bert4l, student=tiny) or a "
+            "pretrained student from the same model family"
+        )
     needed = len(teacher.tokenizer)
     have = int(student.model.config.vocab_size)
     if have < needed:

@@ -31,6 +31,18 @@ def _not_loaded(role: str, name_or_path: str, exc: BaseException) -> ModelError:
                       f"{_first_line(exc)}; {fix}")
 
 
+def _check_label_order(config, labels: list[str], role: str, name_or_path: str) -> None:
+    """Refuses a head that names the data's labels in another order (its logits would be read
+    against the wrong labels); generic names (``LABEL_0``) cannot be checked."""
+    names = [str(config.id2label.get(i, "")).lower() for i in range(config.num_labels)]
+    wanted = [label.lower() for label in labels]
+    if sorted(names) == sorted(wanted) and names != wanted:
+        raise ModelError(
+            f"label-order mismatch: {role}.name_or_path='{name_or_path}' was trained with the "
+            f"labels in the order {names}, the data's are {wanted}; set data.labels to the "
+            "checkpoint's order")
+
+
 def pretrained_classifier(
     name_or_path: str,
     revision: str | None = None,
@@ -69,6 +81,8 @@ def pretrained_classifier(
             f"({', '.join(labels)}); use a checkpoint trained on this task, a plain encoder, "
             "or fix data.labels"
         )
+    if has_head:
+        _check_label_order(config, labels, role, name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         model = AutoModelForSequenceClassification.from_pretrained(
