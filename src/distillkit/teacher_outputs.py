@@ -8,11 +8,17 @@ teacher's weights, the split's token ids, ``max_length`` and the teacher's preci
 (``trainer.teacher_precision``: the teacher runs with its weights cast), so every later run
 and every sweep job over the same teacher and data reads the file instead of running the
 teacher again. Raw (pre-temperature) logits are stored, so temperature sweeps share them.
+
+An ensemble teacher (:mod:`distillkit.models.ensemble`) caches each member's logits under the
+member's own key (the same file a run with that member alone would use), then the combined
+logits under ``ensemble-<key>.npy``, keyed by the members' keys, weights and combine rule: a
+sweep over the weights runs no member twice, and a repeated run reads the combined file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -26,7 +32,7 @@ from distillkit.data.sampling import restore_order
 from distillkit.engine import EngineSettings, frozen, predict_logits
 from distillkit.io import write_file
 from distillkit.locks import file_lock
-from distillkit.models import ModelBundle, update_weights_digest
+from distillkit.models import EnsembleTeacher, ModelBundle, combine_logits, update_weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +72,60 @@ def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
     """
     device = settings.resolve_device()
     dtype = settings.teacher_dtype(device)
-    weights = _weights_digest(teacher)  # before any cast: the fp32 weights name the teacher  # hashed once, shared by every split's key
+    ensemble = teacher if isinstance(teacher, EnsembleTeacher) else None
+    members = ({n: m for n, m in ensemble.members.items() if ensemble.weights[n] > 0}
+               if ensemble else {"": teacher})
+    # before any cast: the fp32 weights name the teacher; hashed once, shared by every split
+    weights = {name: _weights_digest(member) for name, member in members.items()}
     sources = {}
     for role in data.distil_roles():
-        key = _key(weights, data, role, dtype)
-        path = cache_root() / "teacher_outputs" / f"{key}.npy"
-        with file_lock(path.with_suffix(".lock")):  # parallel sweep jobs: one computes
-            logits, sources[role] = _load_or_compute(teacher, data, role, path, settings)
+        keys = {name: _key(weights[name], data, role, dtype) for name in members}
+        if ensemble is None:
+            logits, sources[role] = _cached(teacher, data, role, keys[""], settings)
+        else:
+            logits, sources[role] = _cached_ensemble(ensemble, members, keys, data, role,
+                                                     settings)
         data.attach_teacher_logits(role, logits)
     return sources
+
+
+def _path(key: str) -> Path:
+    return cache_root() / "teacher_outputs" / f"{key}.npy"
+
+
+def _cached(teacher: ModelBundle, data: TextClassificationData, role: str, key: str,
+            settings: EngineSettings) -> tuple[np.ndarray, str]:
+    path = _path(key)
+    with file_lock(path.with_suffix(".lock")):  # parallel sweep jobs: one computes
+        return _load_or_compute(teacher, data, role, path, settings)
+
+
+def _cached_ensemble(ensemble: EnsembleTeacher, members: dict[str, ModelBundle],
+                     keys: dict[str, str], data: TextClassificationData, role: str,
+                     settings: EngineSettings) -> tuple[np.ndarray, str]:
+    """The combined logits of a split: from their cache file, or combined now from the members'
+    (each from its own cache, or computed now) and cached."""
+    spec = {"combine": ensemble.combine,
+            "members": sorted([keys[n], ensemble.weights[n]] for n in members)}
+    key = "ensemble-" + hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:24]
+    path = _path(key)
+    with file_lock(path.with_suffix(".lock")):
+        if path.is_file():
+            logits = np.load(path, mmap_mode="r")
+            log.info("ensemble logits for '%s' (%d x %d) read from cache %s: no teacher pass",
+                     role, *logits.shape, path)
+            return logits, "cache"
+        parts = {}
+        for name, member in members.items():
+            log.info("ensemble member '%s': teacher logits for '%s'", name, role)
+            parts[name], _ = _cached(member, data, role, keys[name], settings)
+        combined = combine_logits([torch.from_numpy(np.array(parts[n])) for n in members],
+                                  [ensemble.weights[n] for n in members],
+                                  ensemble.combine).numpy()
+        write_file(path, lambda fh: np.save(fh, combined))
+        log.info("ensemble logits for '%s' (%s of %s) cached at %s", role, ensemble.combine,
+                 ", ".join(members), path)
+        return np.load(path, mmap_mode="r"), "computed"
 
 
 def _load_or_compute(teacher: ModelBundle, data: TextClassificationData, role: str,
