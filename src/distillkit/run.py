@@ -2,8 +2,9 @@
 
 Only this module calls ``hydra.utils.instantiate``; the engine receives built objects.
 
-Run graph (each stage logs its start): build → teacher (fine-tune once, cached) → teacher
-outputs (logits once, cached) → distil (checkpointed; resumable) → evaluate → export.
+Run graph (each stage logs its start): build → teacher (fine-tune once, cached; per member
+of an ensemble, :mod:`distillkit.teachers`) → teacher outputs (logits once, cached) → distil
+(checkpointed; resumable) → evaluate (:mod:`distillkit.run_metrics`) → export.
 
 In a data-parallel run (``torchrun``, ``accelerate launch``, submitit tasks: see
 :mod:`distillkit.distributed`) every rank runs this graph: rank 0 builds first (so the teacher
@@ -18,11 +19,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
@@ -37,16 +36,22 @@ from distillkit.checkpoint import (
     flat_config,
     load_checkpoint,
 )
-from distillkit.engine import Distiller, EngineSettings, frozen
+from distillkit.engine import Distiller, EngineSettings
 from distillkit.errors import ConfigError
 from distillkit.export_logits import ExportRequest, export_teacher_logits
 from distillkit.hparams import hparams_of, log_hparams
 from distillkit.io import write_dir, write_file, write_json
-from distillkit.models import ModelBundle, check_compatible, count_parameters, first_layers
+from distillkit.models import EnsembleTeacher, ModelBundle, count_parameters
 from distillkit.offline_logits import OfflineTeacher, check_offline, match_offline_logits
+from distillkit.run_metrics import collect_metrics, evaluate_teacher, format_summary
 from distillkit.safety import check_config, opt_ins
 from distillkit.teacher_outputs import attach_teacher_logits
-from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
+from distillkit.teachers import (
+    check_student,
+    data_and_teacher,
+    live_teacher,
+    student_basis,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,41 +77,13 @@ def _stage(name: str) -> None:
     log.info("== stage: %s", name)
 
 
-def _format_summary(metrics: dict[str, Any]) -> str:
-    t, s = metrics["teacher"], metrics["student"]
-
-    def cell(value: Any, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-    rows = [
-        ("", "teacher", "student"),
-        ("accuracy", cell(t["accuracy"], ".4f"), f"{s['accuracy']:.4f}"),
-        ("loss", cell(t["loss"], ".4f"), f"{s['loss']:.4f}"),
-        ("parameters", cell(metrics["params"]["teacher"], ","), f"{metrics['params']['student']:,}"),
-        ("inference s", cell(t["seconds"], ".1f"), f"{s['seconds']:.1f}"),
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    where = f"  [{metrics['eval_split']} split, {s['examples']} examples]"
-    if metrics["retention"] is None:  # teacher=offline
-        lines.append(f"teacher: {t.get('source', 'offline logits file')} (no teacher model: "
-                     f"no teacher accuracy, retention or speed-up){where}")
-        return "\n".join(lines)
-    lines.append(f"retention (student/teacher accuracy): {metrics['retention']:.4f}{where}")
-    inf = metrics["inference"]
-    lines.append(f"inference speed-up on the same batches ({inf['device']}): "
-                 f"{inf['speedup']:.2f}x")
-    if "precision" in inf:
-        lines.append(f"precision: student {inf['precision']['student']}, teacher "
-                     f"{inf['precision']['teacher']}")
-    return "\n".join(lines)
-
-
 def _student_and_pairs(cfg: DictConfig, teacher: ModelBundle, labels: list[str],
                        loss: Any, seed: int) -> tuple[ModelBundle, list]:
     """Builds the student, resolves the layer mapping and binds the loss to it."""
     set_seed(seed)  # the student (and any projection) starts alike in every run
-    student: ModelBundle = instantiate(cfg.student)(teacher=teacher, labels=labels)
-    check_compatible(teacher, student)
+    student: ModelBundle = instantiate(cfg.student)(teacher=student_basis(teacher),
+                                                    labels=labels)
+    check_student(teacher, student)
     pairs = instantiate(cfg.mapping)(teacher_layers=teacher.num_layers,
                                      student_layers=student.num_layers)
     bind = getattr(loss, "bind", None)
@@ -116,21 +93,6 @@ def _student_and_pairs(cfg: DictConfig, teacher: ModelBundle, labels: list[str],
     elif pairs:
         raise ConfigError(f"loss {type(loss).__name__} takes no layer mapping; use mapping=none")
     return student, pairs
-
-
-def _data_and_teacher(cfg: DictConfig, settings: EngineSettings,
-                      check: Callable[[Any, ModelBundle], None]) -> tuple[Any, ModelBundle]:
-    """Builds the data and the teacher, calls ``check(data, teacher)``, tokenises the data
-    with the teacher's tokenizer and runs the teacher stage (fine-tune once; cached)."""
-    data = instantiate(cfg.data)
-    teacher_cfg = OmegaConf.to_container(cfg.teacher, resolve=True)
-    mode = teacher_cfg.pop("finetune", "auto")
-    ft_settings = FinetuneSettings.from_config(teacher_cfg.pop("finetune_settings", None))
-    teacher: ModelBundle = instantiate(teacher_cfg)(labels=data.labels)
-    check(data, teacher)  # fail fast, before any tokenising or training
-    data.tokenize(teacher.tokenizer)
-    _stage("teacher")
-    return data, prepare_teacher(teacher, mode, ft_settings, data, settings)
 
 
 def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
@@ -153,7 +115,7 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
                 offline.update(match_offline_logits(teacher, data))
         _student_and_pairs(cfg, teacher, data.labels, loss, settings.seed)
 
-    data, teacher = _data_and_teacher(cfg, settings, check)
+    data, teacher = data_and_teacher(cfg, settings, check)
     labels = data.labels
     student, pairs = _student_and_pairs(cfg, teacher, labels, loss, settings.seed)
     if data.has_split("transfer") and not loss.needs_teacher:
@@ -176,6 +138,9 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
         logits_sources = attach_teacher_logits(teacher, data, settings)
     log.info("teacher: %s (%d layers, %s params)", teacher.name, teacher.num_layers,
              f"{count_parameters(teacher.model):,}" if teacher.model is not None else "no")
+    if isinstance(teacher, EnsembleTeacher):
+        log.info("ensemble: %s logits of %s; the layer mapping and intermediate terms read "
+                 "member '%s'", teacher.combine, ", ".join(teacher.members), teacher.intermediate)
     log.info("student: %s (%d layers, %s params)", student.name, student.num_layers,
              f"{count_parameters(student.model):,}")
     log.info("labels: %s; layer mapping (student-teacher): %s", labels,
@@ -184,17 +149,6 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
         log.info("intermediate terms: %s", loss.intermediate.describe())
     return {"data": data, "teacher": teacher, "student": student, "pairs": pairs, "loss": loss,
             "cached_logits": cached_logits, "logits_sources": logits_sources}
-
-
-def _live_teacher(teacher: ModelBundle, loss: Any):
-    """The teacher model the loop runs: without the layers above the deepest one the loss
-    reads when it never reads the teacher's logits."""
-    depth = getattr(loss, "teacher_depth", lambda: None)()
-    if depth is None or depth >= teacher.num_layers:
-        return teacher.model
-    log.info("the loss reads teacher layers up to %d and no teacher logits: the teacher runs "
-             "%d of its %d layers", depth, depth, teacher.num_layers)
-    return first_layers(teacher.model, depth)
 
 
 def _checkpointing(cfg: DictConfig, out_dir: Path
@@ -274,7 +228,7 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
         if dist.is_main:  # one teacher pass; the other ranks wait
             set_seed(settings.seed)
             _stage("build")
-            data, teacher = _data_and_teacher(cfg, settings, export.check)
+            data, teacher = data_and_teacher(cfg, settings, export.check)
             _stage("export teacher logits")
             exported = export_teacher_logits(teacher, data, export, settings, out_dir)
         dist.barrier()
@@ -310,7 +264,7 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
         distiller = Distiller(
             student=student.model,
             # with cached logits in every batch the loop never needs the live teacher
-            teacher=None if built["cached_logits"] else _live_teacher(teacher, built["loss"]),
+            teacher=None if built["cached_logits"] else live_teacher(teacher, built["loss"]),
             loss=built["loss"],
             optimizer_factory=instantiate(cfg.trainer.optimizer),
             scheduler_factory=instantiate(cfg.trainer.scheduler),
@@ -324,13 +278,12 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
         result = distiller.fit(train_loader, eval_loader, resume=resume_state)
 
         _stage("evaluate")  # the teacher as it was distilled from: in its own precision
-        teacher_metrics = None
-        if teacher.model is not None:  # offline: no teacher model
-            frozen(teacher.model, distiller.device, distiller.teacher_dtype)
-            teacher_metrics = distiller.evaluate(teacher.model, final_loader,
-                                                 desc="eval teacher")
+        # (offline: no teacher model, None; an ensemble: each member's metrics as well)
+        teacher_metrics, member_metrics = evaluate_teacher(distiller, teacher, final_loader)
         student_metrics = distiller.evaluate(student.model, final_loader, desc="eval student")
-        for who, m in (("teacher", teacher_metrics), ("student", student_metrics)):
+        finals = {"teacher": teacher_metrics, "student": student_metrics,
+                  **{f"teacher/{name}": m for name, m in member_metrics.items()}}
+        for who, m in finals.items():
             if m is not None and writer is not None:
                 writer.add_scalar(f"final/{who}/accuracy", m["accuracy"], result.steps)
         validation = None
@@ -338,9 +291,11 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
             validation = (student_metrics if final_role == "eval" else
                           distiller.evaluate(student.model, eval_loader, desc="eval student val"))
 
-        metrics = _metrics(teacher, student, data, final_role, teacher_metrics, student_metrics,
-                           distiller, result)
-        metrics["stages"] = {"teacher": teacher.origin,
+        metrics = collect_metrics(teacher, student, data, final_role, teacher_metrics,
+                                  student_metrics, distiller, result, member_metrics)
+        metrics["stages"] = {"teacher": ({n: m.origin for n, m in teacher.members.items()}
+                                         if isinstance(teacher, EnsembleTeacher)
+                                         else teacher.origin),
                              "teacher_logits": built["logits_sources"] or "not used"}
         if validation is not None:
             metrics["validation"] = {"split": data.split_names["eval"], "student": validation}
@@ -371,38 +326,7 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
 
     metrics["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     write_json(out_dir / "metrics.json", metrics)
-    log.info("summary\n%s", _format_summary(metrics))
+    log.info("summary\n%s", format_summary(metrics))
     log.info("run output: %s", out_dir)
     dist.barrier()  # every rank returns once the run's output is complete
     return metrics
-
-
-def _metrics(teacher: ModelBundle, student: ModelBundle, data: Any, final_role: str,
-             teacher_metrics: dict | None, student_metrics: dict, distiller: Distiller,
-             result: Any) -> dict[str, Any]:
-    """The run's metrics; without a teacher model (``teacher=offline``) the teacher's values,
-    retention and speed-up are null."""
-    if teacher_metrics is None:
-        teacher_metrics = dict.fromkeys(student_metrics) | {"source": teacher.name}
-    t_acc, t_sec = teacher_metrics["accuracy"], teacher_metrics["seconds"]
-    s_sec = student_metrics["seconds"]
-    return {
-        "teacher": teacher_metrics,
-        "student": student_metrics,
-        "retention": (None if t_acc is None else
-                      student_metrics["accuracy"] / t_acc if t_acc > 0 else float("nan")),
-        "params": {"teacher": None if teacher.model is None else count_parameters(teacher.model),
-                   "student": count_parameters(student.model)},
-        "eval_split": data.split_names[final_role],
-        "inference": {
-            "device": str(distiller.device),
-            "precision": {"student": str(distiller.autocast_dtype or torch.float32),
-                          "teacher": str(distiller.teacher_dtype or torch.float32)},
-            "teacher_seconds": None if t_sec is None else round(t_sec, 3),
-            "student_seconds": round(s_sec, 3),
-            "speedup": None if t_sec is None else t_sec / max(s_sec, 1e-9),
-        },
-        "train": {"steps": result.steps, "epochs": result.epochs_completed,
-                  "seconds": round(result.train_seconds, 3), "last_losses": result.last_losses,
-                  "evals": result.evals},
-    }

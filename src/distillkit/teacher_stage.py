@@ -61,13 +61,14 @@ class FinetuneSettings:
     precision: str = "auto"
 
     @classmethod
-    def from_config(cls, values: dict | None) -> FinetuneSettings:
-        """Builds the settings, refusing unknown keys with a message naming them."""
+    def from_config(cls, values: dict | None, where: str = "teacher") -> FinetuneSettings:
+        """Builds the settings, refusing unknown keys with a message naming them (``where``:
+        the config section, ``teacher`` or ``teacher.members.<name>``)."""
         values = dict(values or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in teacher.finetune_settings; "
+            raise ConfigError(f"unknown key(s) {unknown} in {where}.finetune_settings; "
                               f"valid keys: {', '.join(sorted(known))}")
         return cls(**values)
 

@@ -1,0 +1,125 @@
+"""The teacher as the run builds it: one model, or an ensemble of members (``teacher=ensemble``).
+
+A ``teacher`` config with a ``members`` section is an ensemble: every member is a teacher
+config of its own (any option of the ``teacher`` group, with its own ``finetune`` and
+``finetune_settings``), built with the data's labels, and the ``teacher`` node's ``_target_``
+(:func:`distillkit.models.teacher_ensemble`) combines the built members into one teacher
+bundle (:class:`distillkit.models.EnsembleTeacher`). The teacher stage runs per member: each
+member without a trained head is fine-tuned and cached under its own key, exactly as it would
+be as the only teacher.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from distillkit.engine import EngineSettings
+from distillkit.errors import ConfigError, ModelError
+from distillkit.models import EnsembleTeacher, ModelBundle, check_compatible, first_layers
+from distillkit.teacher_stage import MODES, FinetuneSettings, prepare_teacher
+
+log = logging.getLogger(__name__)
+
+
+def _stage_settings(spec: dict[str, Any], where: str) -> tuple[str | bool, FinetuneSettings]:
+    """Pops ``finetune`` / ``finetune_settings`` off a teacher spec (the rest builds it)."""
+    mode = spec.pop("finetune", "auto")
+    if mode not in MODES:
+        raise ConfigError(f"{where}.finetune={mode!r} must be auto, true or false")
+    return mode, FinetuneSettings.from_config(spec.pop("finetune_settings", None), where)
+
+
+def _build_member(name: str, spec: dict[str, Any], labels: list[str]) -> ModelBundle:
+    """One member from its spec, its messages naming ``teacher.members.<name>``."""
+    if not isinstance(spec, dict) or "_target_" not in spec:
+        raise ConfigError(f"teacher.members.{name} is not a teacher config (no _target_); use "
+                          f"an option of the teacher group, e.g. "
+                          f"teacher@teacher.members.{name}=tiny")
+    factory = instantiate(spec)
+    kwargs: dict[str, Any] = {"labels": labels}
+    try:
+        if "role" in inspect.signature(factory).parameters:
+            kwargs["role"] = f"teacher.members.{name}"  # pretrained_classifier's messages
+    except (TypeError, ValueError):  # no signature to read: call it as a teacher
+        pass
+    return factory(**kwargs)
+
+
+def data_and_teacher(cfg: DictConfig, settings: EngineSettings,
+                     check: Callable[[Any, ModelBundle], None]) -> tuple[Any, ModelBundle]:
+    """Builds the data and the teacher, calls ``check(data, teacher)``, tokenises the data
+    with the teacher's tokenizer and runs the teacher stage (fine-tune once; cached).
+
+    For an ensemble, ``check`` sees the ensemble of the members as built (before any
+    fine-tuning), the data is tokenised with the intermediate member's tokenizer (every member
+    shares its vocabulary), and the returned ensemble holds the members after their stage.
+    """
+    data = instantiate(cfg.data)
+    spec = OmegaConf.to_container(cfg.teacher, resolve=True)
+    members = spec.pop("members", None)
+    if members is None:
+        mode, ft_settings = _stage_settings(spec, "teacher")
+        teacher: ModelBundle = instantiate(spec)(labels=data.labels)
+        check(data, teacher)  # fail fast, before any tokenising or training
+        data.tokenize(teacher.tokenizer)
+        log.info("== stage: teacher")
+        return data, prepare_teacher(teacher, mode, ft_settings, data, settings)
+    if not isinstance(members, dict):
+        raise ConfigError("teacher.members must map member names to teacher configs")
+    combine = instantiate(spec)  # partial: (members, labels) -> EnsembleTeacher
+    stages = {str(n): _stage_settings(m, f"teacher.members.{n}") if isinstance(m, dict)
+              else ("auto", FinetuneSettings()) for n, m in members.items()}
+    built = {str(n): _build_member(str(n), m, data.labels) for n, m in members.items()}
+    teacher = combine(members=built, labels=data.labels)
+    check(data, teacher)
+    data.tokenize(teacher.tokenizer)
+    log.info("== stage: teacher")
+    ready = {}
+    for name, member in built.items():
+        log.info("teacher stage of ensemble member '%s' (%s)", name, member.name)
+        ready[name] = prepare_teacher(member, *stages[name], data, settings)
+    return data, combine(members=ready, labels=data.labels)
+
+
+def student_basis(teacher: ModelBundle) -> ModelBundle:
+    """The teacher bundle a student builder receives: the teacher, or an ensemble's
+    intermediate member (its tokenizer, vocabulary and layers)."""
+    return teacher.basis if isinstance(teacher, EnsembleTeacher) else teacher
+
+
+def check_student(teacher: ModelBundle, student: ModelBundle) -> None:
+    """:func:`~distillkit.models.check_compatible` for the teacher, or for every member of an
+    ensemble (the message then names the member)."""
+    if not isinstance(teacher, EnsembleTeacher):
+        check_compatible(teacher, student)
+        return
+    for name, member in teacher.members.items():
+        try:
+            check_compatible(member, student)
+        except ModelError as exc:
+            raise ModelError(f"teacher.members.{name}: {exc}") from exc
+
+
+def live_teacher(teacher: ModelBundle, loss: Any) -> nn.Module:
+    """The teacher model the loop runs: without the layers above the deepest one the loss
+    reads when it never reads the teacher's logits (of an ensemble, then only the
+    intermediate member runs)."""
+    depth = getattr(loss, "teacher_depth", lambda: None)()
+    if depth is None:
+        return teacher.model
+    source = student_basis(teacher)
+    if source is not teacher:
+        log.info("the loss reads no teacher logits: of the ensemble only member '%s' runs",
+                 teacher.intermediate)
+    if depth >= source.num_layers:
+        return source.model
+    log.info("the loss reads teacher layers up to %d and no teacher logits: the teacher runs "
+             "%d of its %d layers", depth, depth, source.num_layers)
+    return first_layers(source.model, depth)
