@@ -14,6 +14,7 @@ from transformers import DistilBertConfig, DistilBertForSequenceClassification
 from distillkit.data import TextClassificationData, synthetic_nli
 from distillkit.engine import EngineSettings
 from distillkit.errors import ConfigError, ModelError
+from distillkit.hparams import hparams_of
 from distillkit.mapping import uniform_mapping
 from distillkit.models import (
     ModelBundle,
@@ -223,6 +224,16 @@ def test_members_are_teacher_options_overridable_from_the_command_line(compose_c
     assert list(cfg.teacher.members) == ["small", "wide", "third"]
     cfg = compose_cfg(["teacher=ensemble", "~teacher@teacher.members.wide"])
     assert list(cfg.teacher.members) == ["small"]
+
+
+def test_hparams_name_the_member_options(compose_cfg):
+    overrides = ["teacher=ensemble", "teacher@teacher.members.wide=minilm6",
+                 "teacher.weights=[1,3]"]
+    cfg = compose_cfg(overrides, return_hydra_config=True)
+    hparams = hparams_of(cfg, overrides, dict(cfg.hydra.runtime.choices))
+    assert hparams["teacher"] == "ensemble"
+    assert hparams["teacher@teacher.members.wide"] == "minilm6"
+    assert hparams["teacher.weights"] == "[1, 3]"
 
 
 @pytest.mark.e2e

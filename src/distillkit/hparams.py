@@ -56,6 +56,9 @@ def hparams_of(cfg: DictConfig, overrides: Iterable[str] = (),
     for key in (*COMMON_KEYS, *override_keys(overrides)):
         if key in GROUPS and key in out:
             continue  # a group choice, already reported by name
+        if choices and "@" in key and choices.get(key) is not None:
+            out[key] = str(choices[key])  # an option at a package (teacher@teacher.members.x)
+            continue
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, DictConfig | list) or OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)
