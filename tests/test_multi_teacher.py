@@ -150,6 +150,13 @@ def test_hub_member_head_with_other_label_order_is_refused(tmp_path):
         _build_member("hub", spec, LABELS[:2])
 
 
+def test_member_without_model_is_refused():
+    offline = ModelBundle(model=None, tokenizer=tiny_tokenizer(), name="logits.tsv")
+    with pytest.raises(ConfigError, match=r"teacher\.members\.file .*has no model"):
+        teacher_ensemble({"small": tiny_teacher(labels=LABELS), "file": offline},
+                         labels=LABELS)
+
+
 def test_vocab_mismatch_names_the_member():
     members = {"small": tiny_teacher(labels=LABELS),
                "zoo": tiny_teacher(words=["zebra", "quokka"], labels=LABELS)}
@@ -267,3 +274,13 @@ def test_cli_two_teachers_of_different_architecture(tmp_path):
     mapping = json.loads((tmp_path / "feat" / "mapping.json").read_text())
     assert max(p["teacher"] for p in mapping["pairs"]) == 3
     assert "32->48" in feat.stdout + feat.stderr  # projections to the wide member's width
+
+
+@pytest.mark.e2e
+def test_cli_bad_member_choice_is_one_error_line(tmp_path):
+    proc = run_cli([*TINY_RUN, "teacher=ensemble", "teacher.intermediate_teacher=big",
+                    f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    assert proc.returncode == 2
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "intermediate_teacher='big' is not a member" in errors[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "dk-cache" / "teachers").exists()
