@@ -34,7 +34,7 @@ import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from transformers import set_seed
 
@@ -427,17 +427,31 @@ def textbrewer_matches(loss: Any, student_width: int, teacher_width: int) -> lis
     return matches
 
 
+def default_implementation(optimizer_cfg: Any) -> Any:
+    """The run's optimizer config with its implementation choice (``fused``, ``foreach``)
+    removed: the same optimizer and hyperparameters in the implementation torch picks by
+    default, i.e. what ``torch.optim.AdamW(params, lr=..., weight_decay=...)`` in a user's
+    script gives (on a CPU, the per-parameter loop)."""
+    cfg = OmegaConf.to_container(optimizer_cfg, resolve=True)
+    for key in ("fused", "foreach"):
+        cfg.pop(key, None)
+    return OmegaConf.create(cfg)
+
+
 def train_textbrewer(setup: Setup, student: torch.nn.Module, batches: Sequence[dict],
                      warmup: int, steps: int, autocast: bool = False) -> Timing:
     """Trains ``student`` with TextBrewer's ``GeneralDistiller`` on ``batches``.
 
-    Same teacher, matches (:func:`textbrewer_matches`), optimizer, LR schedule, gradient
-    clipping and accumulation as the distillkit run of ``setup``; TextBrewer logs its losses
-    to TensorBoard every step (its own behaviour with a ``log_dir``). TextBrewer has no bf16
-    option (its mixed precision is apex fp16, GPU only): as shipped it trains in fp32, with
-    an fp32 teacher; with ``autocast`` its training runs inside the run's ``torch.autocast``
-    (teacher weights still fp32). Its KD term has no T² factor, so
-    ``kd_loss_weight = alpha * T²``.
+    Same teacher, matches (:func:`textbrewer_matches`), LR schedule, gradient clipping and
+    accumulation as the distillkit run of ``setup``; TextBrewer logs its losses to
+    TensorBoard every step (its own behaviour with a ``log_dir``). TextBrewer leaves the
+    optimizer and the precision to the user's script. As shipped (``autocast=False``) it
+    trains in fp32 with an fp32 teacher (it has no bf16 option; its mixed precision is apex
+    fp16, GPU only), and the optimizer is the run's (AdamW, same lr and weight decay) in
+    torch's default implementation (:func:`default_implementation`). With ``autocast`` it is
+    handed everything distillkit's run has that a TextBrewer script could set by hand: the
+    run's ``torch.autocast`` (teacher weights still fp32) and the run's optimizer exactly as
+    configured (``fused``). Its KD term has no T² factor, so ``kd_loss_weight = alpha * T²``.
     Runs ``warmup + steps + 1`` optimizer steps and times ``steps``.
     """
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
@@ -474,7 +488,10 @@ def train_textbrewer(setup: Setup, student: torch.nn.Module, batches: Sequence[d
                                    ckpt_steps=10**9,
                                    gradient_accumulation_steps=s.grad_accum_steps)
         distiller = GeneralDistiller(train_cfg, distill_cfg, teacher, student, adaptor, adaptor)
-        optimizer = instantiate(setup.cfg.trainer.optimizer)(student.parameters())
+        optimizer_cfg = setup.cfg.trainer.optimizer
+        if not autocast:
+            optimizer_cfg = default_implementation(optimizer_cfg)
+        optimizer = instantiate(optimizer_cfg)(student.parameters())
         sched = instantiate(setup.cfg.trainer.scheduler)
         autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
                     else contextlib.nullcontext())
