@@ -162,6 +162,30 @@ def test_copy_init_pretrained_uses_weights_from_before_finetuning():
         student_from_teacher([1], init="random", teacher=teacher, labels=LABELS)
 
 
+@pytest.mark.parametrize("loss_name,source", [("kd", "finetuned"), ("hard", "pretrained")])
+def test_copy_init_auto_follows_whether_the_loss_learns_from_the_teacher(loss_name, source,
+                                                                        compose_cfg):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from distillkit.models import ModelBundle
+    from distillkit.run import _student_and_pairs
+
+    weights = {"pretrained": tiny_teacher(num_layers=2, labels=LABELS),
+               "finetuned": tiny_teacher(num_layers=2, labels=LABELS)}
+    teacher = ModelBundle(weights["finetuned"].model, weights["pretrained"].tokenizer, "ft",
+                          True, initial=weights["pretrained"])
+    cfg = OmegaConf.create({
+        "student": {"_target_": "distillkit.models.student_from_teacher", "_partial_": True,
+                    "layers": [1], "init": "auto"},
+        "mapping": {"_target_": "distillkit.mapping.none_mapping", "_partial_": True}})
+    loss = instantiate(compose_cfg([f"loss={loss_name}"]).loss)
+    student, _ = _student_and_pairs(cfg, teacher, LABELS, loss, seed=0)
+    got = student.model.bert.encoder.layer[0].attention.self.query.weight
+    want = weights[source].model.bert.encoder.layer[1].attention.self.query.weight
+    assert torch.equal(got, want)
+
+
 def test_finetune_settings_refuse_unknown_keys():
     from distillkit.teacher_stage import FinetuneSettings
 

@@ -38,8 +38,11 @@ def student_from_teacher(layers: list[int], init: str = "pretrained", *, teacher
         layers: teacher layer indices to keep, in order.
         init: ``pretrained`` copies the teacher's weights from before the teacher stage
             fine-tuned it (DistilBERT's recipe: the student learns the task by distillation);
-            ``finetuned`` copies the task-trained teacher (a strong start that leaves little
-            for distillation to add). Without a teacher stage both are the same.
+            ``finetuned`` copies the task-trained teacher (the teacher's task knowledge passed
+            on through its weights, then refined by distillation). Without a teacher stage
+            both are the same. (``student.init=auto`` is resolved by the run before this is
+            called: ``finetuned`` when the loss learns from the teacher, ``pretrained`` when it
+            does not, so that ``loss=hard`` trains alone.)
         teacher: the teacher bundle (its tokenizer is shared).
         labels: label names (must match the teacher's head).
 
