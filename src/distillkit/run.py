@@ -82,12 +82,10 @@ def _student_and_pairs(cfg: DictConfig, teacher: ModelBundle, labels: list[str],
     """Builds the student, resolves the layer mapping and binds the loss to it."""
     set_seed(seed)  # the student (and any projection) starts alike in every run
     extra = {}
-    if cfg.student.get("init") == "auto":  # a student copied from the teacher's layers
+    if cfg.student.get("init") == "auto":  # a copied student: fine-tuned layers to distil,
+        # pretrained ones for a loss that never reads the teacher (training alone)
         learns = bool(getattr(loss, "needs_teacher", True))
         extra["init"] = "finetuned" if learns else "pretrained"
-        log.info("student.init=auto: %s (%s)", extra["init"],
-                 "the loss learns from the teacher" if learns
-                 else "no teacher term: training alone, no fine-tuned teacher weights either")
     student: ModelBundle = instantiate(cfg.student, **extra)(teacher=student_basis(teacher),
                                                              labels=labels)
     check_student(teacher, student)

@@ -71,8 +71,11 @@ def student_from_teacher(layers: list[int], init: str = "pretrained", *, teacher
     encoder, attr = _layer_list(model)
     setattr(encoder, attr, nn.ModuleList(getattr(encoder, attr)[i] for i in layers))
     model.config.num_hidden_layers = len(layers)
+    weights = ("pretrained" if source is not teacher
+               else "fine-tuned" if teacher.initial is not None else "as loaded")
     return ModelBundle(model=model, tokenizer=teacher.tokenizer,
-                       name=f"{len(layers)} layers {layers} copied from {source.name}",
+                       name=f"{len(layers)} layers {layers} copied from {source.name}, "
+                            f"{weights} weights",
                        trained_head=source.trained_head)
 
 
