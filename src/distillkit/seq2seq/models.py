@@ -21,6 +21,7 @@ starts the decoder.
 from __future__ import annotations
 
 import logging
+import tempfile
 
 from transformers import (
     AutoModelForSeq2SeqLM,
@@ -41,13 +42,20 @@ from distillkit.seq2seq.arith import WORDS
 log = logging.getLogger(__name__)
 
 
+# Seq2seq models take no segment ids: BERT vocabularies' tokenizers must not produce them, or
+# ``model.generate(**tokenizer(text))`` on the exported model fails.
+INPUT_NAMES = ["input_ids", "attention_mask"]
+
+
 def seq2seq_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """``arith`` (the task's small WordPiece), ``minilm6`` (packaged) or a hub name/path."""
     if name == "arith":
-        return tiny_tokenizer(WORDS)
+        with tempfile.TemporaryDirectory() as tmp:
+            tiny_tokenizer(WORDS).save_pretrained(tmp)
+            return AutoTokenizer.from_pretrained(tmp, model_input_names=INPUT_NAMES)
     path = str(asset_path("minilm6")) if name == "minilm6" else name
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, model_input_names=INPUT_NAMES)
     except Exception as exc:  # noqa: BLE001 - hub/network/file errors become one line
         raise _not_loaded("teacher.tokenizer", name, exc) from exc
 
@@ -120,7 +128,7 @@ def bert2bert_minilm(asset: str = "minilm6", *, teacher: ModelBundle | None = No
     del teacher  # a teacher option: it is never built as a student of another model
     path = str(asset_path(asset))
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, model_input_names=INPUT_NAMES)
     ids = special_ids(tok)
     for key, value in ids.items():
         setattr(model.config, key, value)
