@@ -169,3 +169,21 @@ def test_generation_settings_checked():
         GenerationSettings.from_config({"num_beams": 2, "n_best": 3}, "loss.sequence_kd")
     with pytest.raises(ConfigError, match="unknown key"):
         GenerationSettings.from_config({"beams": 2}, "loss.sequence_kd")
+
+
+@pytest.mark.assets
+def test_bert2bert_minilm_is_a_warm_started_encoder_decoder():
+    from distillkit.seq2seq import bert2bert_minilm
+    from distillkit.seq2seq.models import vocab_size
+
+    bundle = bert2bert_minilm()
+    model, tok = bundle.model, bundle.tokenizer
+    assert vocab_size(model) == len(tok) == 30522
+    assert model.config.decoder_start_token_id == tok.cls_token_id
+    assert model.config.eos_token_id == tok.sep_token_id
+    enc = tok(["tom has 3 pens ."], return_tensors="pt")
+    assert set(enc) == {"input_ids", "attention_mask"}  # no token_type_ids for generate
+    student = t5_from_scratch(num_layers=1, d_model=16, d_ff=32, num_heads=2, teacher=bundle)
+    assert vocab_size(student.model) == 30522
+    out = model.generate(**enc, max_new_tokens=3)
+    assert out.shape[0] == 1 and out[0, 0].item() == tok.cls_token_id
