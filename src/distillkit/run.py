@@ -45,6 +45,7 @@ from distillkit.models import EnsembleTeacher, ModelBundle, count_parameters
 from distillkit.offline_logits import OfflineTeacher, check_offline, match_offline_logits
 from distillkit.run_metrics import collect_metrics, evaluate_teacher, format_summary
 from distillkit.safety import check_config, opt_ins
+from distillkit.seq2seq.run import check_task, run_seq2seq
 from distillkit.teacher_outputs import attach_teacher_logits
 from distillkit.teachers import (
     check_student,
@@ -228,6 +229,8 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
         resolved = OmegaConf.to_yaml(cfg, resolve=True)
         write_file(out_dir / "resolved_config.yaml", lambda fh: fh.write(resolved.encode()))
         write_json(out_dir / "provenance.json", provenance.collect(settings.seed, launch))
+    if check_task(cfg, export is not None, dist.enabled) == "seq2seq":  # its own run graph
+        return run_seq2seq(cfg, out_dir, settings, launch)
     if export is not None:  # mode=export_logits: teacher logits to a file, no distillation
         exported: dict[str, Any] = {}
         if dist.is_main:  # one teacher pass; the other ranks wait

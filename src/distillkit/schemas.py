@@ -82,6 +82,57 @@ class DataSchema:
 
 
 @dataclass
+class Seq2SeqLossSchema:
+    """Word-level / sequence-level KD for ``task=seq2seq``
+    (:class:`distillkit.seq2seq.TokenDistillationLoss`):
+    ``total = alpha * T^2 * KD + (1 - alpha) * CE`` per target token; ``sequence_kd`` (null:
+    none) holds the seq-KD stage's generation settings."""
+
+    _target_: str = "distillkit.seq2seq.TokenDistillationLoss"
+    temperature: float = 1.0
+    alpha: float = 0.5
+    kd: Any = None
+    sequence_kd: Any = None  # {num_beams, n_best, max_new_tokens, batch_size, mix_original}
+
+
+@dataclass
+class StepByStepSchema:
+    """Distilling step by step (:class:`distillkit.seq2seq.StepByStepLoss`):
+    ``total = alpha * label_loss + (1 - alpha) * rationale_loss``."""
+
+    _target_: str = "distillkit.seq2seq.StepByStepLoss"
+    alpha: float = 0.5
+    label_prefix: str = "predict: "
+    rationale_prefix: str = "explain: "
+    label_type: str = "gt"  # gt | llm
+    rationale_source: str = "data"  # data | teacher
+
+
+@dataclass
+class Seq2SeqDataSchema:
+    """Keys of :class:`distillkit.seq2seq.Seq2SeqData` (``task=seq2seq``), plus
+    ``eval_num_beams`` (beam size of the final evaluation's generation)."""
+
+    _target_: str = "distillkit.seq2seq.Seq2SeqData"
+    source: Any = None
+    source_column: str = "source"
+    target_column: str = "target"
+    rationale_column: Optional[str] = None  # noqa: UP045
+    llm_label_column: Optional[str] = None  # noqa: UP045
+    llm_rationale_column: Optional[str] = None  # noqa: UP045
+    source_prefix: str = ""
+    train_split: str = "train"
+    eval_split: str = "validation"
+    test_split: Optional[str] = None  # noqa: UP045
+    max_source_length: int = 128
+    max_target_length: int = 64
+    max_train_samples: Optional[int] = None  # noqa: UP045
+    max_eval_samples: Optional[int] = None  # noqa: UP045
+    metric: str = "exact_match"  # exact_match | bleu | chrf
+    eval_num_beams: int = 1
+
+
+@dataclass
 class ExportSchema:
     """The ``export`` section: what ``mode=export_logits`` writes (distillkit.export_logits).
 
@@ -103,3 +154,6 @@ def register_schemas() -> None:
     cs.store(group="loss", name="loss_schema", node=LossSchema)
     cs.store(group="trainer", name="trainer_schema", node=TrainerSchema)
     cs.store(group="data", name="data_schema", node=DataSchema)
+    cs.store(group="loss", name="seq2seq_loss_schema", node=Seq2SeqLossSchema)
+    cs.store(group="loss", name="step_by_step_schema", node=StepByStepSchema)
+    cs.store(group="data", name="seq2seq_data_schema", node=Seq2SeqDataSchema)

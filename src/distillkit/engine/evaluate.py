@@ -15,12 +15,21 @@ from distillkit.distributed import SINGLE, DistEnv
 
 # Batch entries that are targets, not model inputs.
 NON_INPUT_KEYS = frozenset({"labels", "teacher_logits"})
+# Batch entries named ``loss_*`` go to the loss only (e.g. the step-by-step task of each row).
+LOSS_ONLY_PREFIX = "loss_"
 
 
 def model_inputs(batch: dict, device: torch.device) -> dict:
-    """The batch's model inputs (all but labels and precomputed teacher outputs) on ``device``."""
+    """The batch's model inputs (all but labels, precomputed teacher outputs and ``loss_*``
+    entries) on ``device``."""
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()
-            if k not in NON_INPUT_KEYS}
+            if k not in NON_INPUT_KEYS and not k.startswith(LOSS_ONLY_PREFIX)}
+
+
+def loss_inputs(batch: dict, device: torch.device) -> dict:
+    """The batch's ``labels`` and ``loss_*`` entries on ``device`` (what only the loss reads)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()
+            if k == "labels" or k.startswith(LOSS_ONLY_PREFIX)}
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

@@ -35,7 +35,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from distillkit.distributed import SINGLE, DistEnv
-from distillkit.engine.evaluate import evaluate, model_inputs
+from distillkit.engine.evaluate import evaluate, loss_inputs, model_inputs
 from distillkit.engine.nonfinite import NonFiniteWatch, check_finite_weights
 from distillkit.engine.parallel import ParallelStep
 from distillkit.engine.resume import (
@@ -341,7 +341,7 @@ class Distiller:
             for batch in batches:
                 in_epoch += 1
                 inputs = model_inputs(batch, self.device)
-                batch_on_device = {**inputs, "labels": batch["labels"].to(self.device)}
+                batch_on_device = {**inputs, **loss_inputs(batch, self.device)}
                 if micro % s.grad_accum_steps == 0 and hasattr(self.loss, "set_progress"):
                     self.loss.set_progress(step, total_steps)
                 flags = self._flags()

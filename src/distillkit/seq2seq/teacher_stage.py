@@ -1,0 +1,140 @@
+"""The seq2seq teacher stage: train the teacher on the task once, cache, reuse.
+
+A seq2seq teacher built from scratch (``teacher=t5_small_scratch``) or warm-started with new
+cross-attention (``teacher=bert2bert_minilm``) is trained on the train split's parts (gold
+targets; both step-by-step tasks when the run distils step by step) before it teaches. The
+result is a ``save_pretrained`` directory under ``<cache>/teachers/<key>/``, where the key
+hashes the initial weights, the vocabulary, every training pair, the lengths, the fine-tune
+settings, the seed and the precision, as the classification teacher stage does
+(:mod:`distillkit.teacher_stage`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+from functools import partial
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, set_seed
+
+from distillkit.assets import cache_root
+from distillkit.engine import Distiller, EngineSettings
+from distillkit.errors import ConfigError
+from distillkit.io import write_dir, write_json
+from distillkit.locks import file_lock
+from distillkit.models import ModelBundle, update_weights_digest
+from distillkit.schedules import warmup_schedule
+from distillkit.seq2seq.data import Seq2SeqData
+from distillkit.seq2seq.evaluate import evaluate_generation
+from distillkit.seq2seq.generation import GenerationSettings
+from distillkit.seq2seq.losses import TokenDistillationLoss
+from distillkit.teacher_stage import MODES, FinetuneSettings, _precision
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(teacher: ModelBundle, data: Seq2SeqData, settings: FinetuneSettings, seed: int,
+              precision: str) -> str:
+    """Hash of everything that determines the trained teacher."""
+    digest = hashlib.sha256()
+    update_weights_digest(teacher.model, digest)
+    fields = dataclasses.asdict(settings)
+    fields.pop("precision")
+    meta = {"vocab": sorted(teacher.tokenizer.get_vocab().items()), "settings": fields,
+            "lengths": [data.max_source_length, data.max_target_length], "seed": seed,
+            "precision": precision, "parts": data.parts["train"]}
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    return digest.hexdigest()[:20]
+
+
+def eval_settings(data: Seq2SeqData, batch_size: int, num_beams: int) -> GenerationSettings:
+    """Generation settings of evaluation: ``max_target_length`` new tokens."""
+    return GenerationSettings(num_beams=num_beams, n_best=1,
+                              max_new_tokens=data.max_target_length, batch_size=batch_size)
+
+
+def _train(model: torch.nn.Module, tokenizer, data: Seq2SeqData, settings: FinetuneSettings,
+           engine: EngineSettings, inference_prefix: str) -> tuple[dict, float]:
+    loop = dataclasses.replace(engine, epochs=settings.epochs, max_steps=None,
+                               batch_size=settings.batch_size, eval_every_steps=None,
+                               precision=_precision(settings, engine), compile=False)
+    set_seed(loop.seed)
+    distiller = Distiller(
+        student=model, teacher=None, loss=TokenDistillationLoss(kd=None, alpha=0.0),
+        optimizer_factory=partial(torch.optim.AdamW, lr=settings.lr,
+                                  weight_decay=settings.weight_decay),
+        scheduler_factory=partial(warmup_schedule, name="linear",
+                                  warmup_ratio=settings.warmup_ratio),
+        settings=loop)
+    train = data.loader("train", loop.batch_size, shuffle=True, seed=loop.seed)
+    result = distiller.fit(train, desc="train teacher")
+    ids = data.encode_sources(data.sources("eval", inference_prefix))
+    metrics, _ = evaluate_generation(model, tokenizer, ids, data.references("eval"),
+                                     eval_settings(data, loop.eval_batch_size, 1),
+                                     distiller.device, distiller.autocast_dtype,
+                                     desc="eval trained teacher")
+    return metrics, result.train_seconds
+
+
+def prepare_seq2seq_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSettings,
+                            data: Seq2SeqData, engine: EngineSettings,
+                            inference_prefix: str) -> ModelBundle:
+    """Returns the teacher ready to teach: as given, from the cache, or trained now.
+
+    Args:
+        teacher: the teacher as built from its config.
+        mode: ``auto`` (train unless it was trained on the task: from scratch and warm-started
+            models are not), ``true`` or ``false``.
+        settings: training settings (``teacher.finetune_settings``).
+        data: the tokenised data; the teacher trains on its train parts.
+        engine: the run's loop settings (device, precision, seed).
+        inference_prefix: the source prefix evaluation uses (``predict: `` step by step).
+    """
+    if mode not in MODES:
+        raise ConfigError(f"teacher.finetune={mode!r} must be auto, true or false")
+    if not (mode is True or (mode == "auto" and not teacher.trained_head)):
+        if not teacher.trained_head:
+            log.warning("teacher '%s' was not trained on the task and teacher.finetune=false: "
+                        "what it generates is noise", teacher.name)
+        return teacher
+    tuned = dataclasses.replace(engine, precision=_precision(settings, engine))
+    dtype = tuned.autocast_dtype(tuned.resolve_device())
+    key = cache_key(teacher, data, settings, engine.seed, str(dtype or "fp32"))
+    path = cache_root() / "teachers" / key
+    with file_lock(path.with_name(f"{key}.lock")):  # parallel sweep jobs: one trains
+        origin = _load_or_train(teacher, path, key, settings, data, engine, inference_prefix)
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(str(path))
+    return ModelBundle(model=model, tokenizer=tok, name=f"{teacher.name} trained [{key}]",
+                       trained_head=True, initial=teacher, origin=origin)
+
+
+def _load_or_train(teacher: ModelBundle, path: Path, key: str, settings: FinetuneSettings,
+                   data: Seq2SeqData, engine: EngineSettings, inference_prefix: str) -> str:
+    if (path / "finetune.json").is_file():
+        info = json.loads((path / "finetune.json").read_text())
+        log.info("reusing trained seq2seq teacher from cache %s (key %s, eval exact match "
+                 "%.4f)", path, key, info["eval"]["exact_match"])
+        return "cache"
+    log.info("training seq2seq teacher '%s' on %d pairs (%d epoch(s)); cache key %s",
+             teacher.name, data.num_parts("train"), settings.epochs, key)
+    model = copy.deepcopy(teacher.model)
+    metrics, seconds = _train(model, teacher.tokenizer, data, settings, engine,
+                              inference_prefix)
+    log.info("trained teacher eval exact match %.4f, BLEU %.1f (%.0fs)",
+             metrics["exact_match"], metrics["bleu"], seconds)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        teacher.tokenizer.save_pretrained(tmp)
+        write_json(tmp / "finetune.json", {
+            "key": key, "teacher": teacher.name, "settings": dataclasses.asdict(settings),
+            "train_pairs": data.num_parts("train"), "eval": metrics,
+            "seconds": round(seconds, 1)})
+    write_dir(path, save)
+    return "fine-tuned"
