@@ -5,6 +5,8 @@ Every error a user can fix (bad config value, missing file, vocab mismatch, ...)
 into a single ``error:`` line and a non-zero exit code instead of a traceback.
 """
 
+import dataclasses
+
 
 class DistillkitError(RuntimeError):
     """Base class for errors the user can fix. ``exit_code`` is what the CLI exits with."""
@@ -35,3 +37,18 @@ class OutputError(DistillkitError):
 class UnsafeConfigError(ConfigError):
     """The config would run code that is not allowed (``_target_`` outside the allow-list,
     remote model code) without the user opting in on the command line."""
+
+
+def known_keys(schema: type, values: dict | None, section: str) -> dict:
+    """``values`` as a dict, once every key is a field of the dataclass ``schema``.
+
+    Raises:
+        ConfigError: naming the unknown keys, the config ``section`` and the valid keys.
+    """
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(schema)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {section}; valid keys: "
+                          f"{', '.join(sorted(known))}")
+    return values

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from distillkit.engine import EngineSettings
 from distillkit.errors import ConfigError
-from distillkit.io import write_json
+from distillkit.io import write_metrics
 from distillkit.models import ModelBundle
 from distillkit.offline_logits import EXTENSIONS, logits_format, write_logits
 from distillkit.teacher_outputs import compute_logits
@@ -138,8 +138,7 @@ def export_teacher_logits(teacher: ModelBundle, data: Any, request: ExportReques
         "teacher": {"name": teacher.name, "accuracy": accuracy,
                     "examples": int(labelled.sum())},
         "stages": {"teacher": teacher.origin, "teacher_logits": {role: "computed"}},
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    write_json(out_dir / "metrics.json", summary)
+    write_metrics(out_dir, summary)
     log.info("run output: %s", out_dir)
     return summary

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -80,3 +81,19 @@ def write_dir(path: Path, writer: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         _full_device(exc, path)
         raise
+
+
+def write_pretrained(path: Path, *parts: Any) -> None:
+    """Writes ``save_pretrained`` directories of ``parts`` (e.g. a model and its tokenizer)
+    into one directory, atomically (:func:`write_dir`)."""
+    def save(tmp: Path) -> None:
+        for part in parts:
+            part.save_pretrained(tmp)
+    write_dir(path, save)
+
+
+def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> None:
+    """Stamps ``metrics`` with ``finished_at`` and writes ``<out_dir>/metrics.json``: the last
+    file of a run, so its presence means the run finished."""
+    metrics["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(out_dir / "metrics.json", metrics)

@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from distillkit.engine import Distiller, EngineSettings
 from distillkit.errors import ConfigError
 from distillkit.export_logits import ExportRequest, export_teacher_logits
 from distillkit.hparams import hparams_of, log_hparams
-from distillkit.io import write_dir, write_file, write_json
+from distillkit.io import write_file, write_json, write_metrics, write_pretrained
 from distillkit.models import EnsembleTeacher, ModelBundle, count_parameters
 from distillkit.offline_logits import OfflineTeacher, check_offline, match_offline_logits
 from distillkit.run_metrics import collect_metrics, evaluate_teacher, format_summary
@@ -326,14 +325,10 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
         return metrics
     _stage("export")
     if cfg.get("export_student", True):
-        def save(tmp: Path) -> None:
-            student.model.save_pretrained(tmp)
-            student.tokenizer.save_pretrained(tmp)
-        write_dir(out_dir / "student", save)
+        write_pretrained(out_dir / "student", student.model, student.tokenizer)
         log.info("student exported to %s", out_dir / "student")
 
-    metrics["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_json(out_dir / "metrics.json", metrics)
+    write_metrics(out_dir, metrics)
     log.info("summary\n%s", format_summary(metrics))
     log.info("run output: %s", out_dir)
     dist.barrier()  # every rank returns once the run's output is complete

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import set_seed
@@ -27,7 +28,7 @@ from distillkit.assets import cache_root
 from distillkit.data import TextClassificationData
 from distillkit.engine import Distiller, EngineSettings
 from distillkit.engine.settings import PRECISIONS
-from distillkit.errors import ConfigError
+from distillkit.errors import ConfigError, known_keys
 from distillkit.io import write_dir, write_json
 from distillkit.locks import file_lock
 from distillkit.losses import DistillationLoss
@@ -64,13 +65,7 @@ class FinetuneSettings:
     def from_config(cls, values: dict | None, where: str = "teacher") -> FinetuneSettings:
         """Builds the settings, refusing unknown keys with a message naming them (``where``:
         the config section, ``teacher`` or ``teacher.members.<name>``)."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in {where}.finetune_settings; "
-                              f"valid keys: {', '.join(sorted(known))}")
-        return cls(**values)
+        return cls(**known_keys(cls, values, f"{where}.finetune_settings"))
 
 
 def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: FinetuneSettings,
@@ -104,20 +99,33 @@ def _precision(settings: FinetuneSettings, engine: EngineSettings) -> str:
     return settings.precision
 
 
-def _finetune(model: torch.nn.Module, data: TextClassificationData,
-              settings: FinetuneSettings, engine: EngineSettings) -> tuple[dict, float]:
+def label_trainer(model: torch.nn.Module, loss: torch.nn.Module, settings: FinetuneSettings,
+                  engine: EngineSettings) -> tuple[Distiller, EngineSettings]:
+    """The engine set up to train ``model`` on labels alone with ``settings`` (AdamW, linear
+    warm-up, by epochs, the run's device and seed): the loop of every teacher stage.
+
+    Returns:
+        The distiller (no teacher; ``loss`` reads the labels only) and its loop settings.
+    """
     loop = dataclasses.replace(engine, epochs=settings.epochs, max_steps=None,
                                batch_size=settings.batch_size, eval_every_steps=None,
                                precision=_precision(settings, engine), compile=False)
     set_seed(loop.seed)
     distiller = Distiller(
-        student=model, teacher=None, loss=DistillationLoss(kd=None, alpha=0.0),
+        student=model, teacher=None, loss=loss,
         optimizer_factory=partial(torch.optim.AdamW, lr=settings.lr,
                                   weight_decay=settings.weight_decay),
         scheduler_factory=partial(warmup_schedule, name="linear",
                                   warmup_ratio=settings.warmup_ratio),
         settings=loop,
     )
+    return distiller, loop
+
+
+def _finetune(model: torch.nn.Module, data: TextClassificationData,
+              settings: FinetuneSettings, engine: EngineSettings) -> tuple[dict, float]:
+    distiller, loop = label_trainer(model, DistillationLoss(kd=None, alpha=0.0), settings,
+                                    engine)
     train = data.loader("train", loop.batch_size, shuffle=True, seed=loop.seed,
                         num_workers=loop.num_workers, by_length=loop.group_by_length)
     result = distiller.fit(train, desc="fine-tune teacher")
@@ -140,15 +148,22 @@ def _load_or_finetune(teacher: ModelBundle, path: Path, key: str, settings: Fine
     metrics, seconds = _finetune(model, data, settings, engine)
     log.info("fine-tuned teacher eval accuracy %.4f (%.0fs)", metrics["accuracy"], seconds)
 
+    save_trained_teacher(path, model, teacher.tokenizer, {
+        "key": key, "teacher": teacher.name, "settings": dataclasses.asdict(settings),
+        "train_examples": len(data.raw["train"]), "eval": metrics,
+        "seconds": round(seconds, 1)})
+    return "fine-tuned"
+
+
+def save_trained_teacher(path: Path, model: torch.nn.Module, tokenizer: Any,
+                         info: dict[str, Any]) -> None:
+    """Writes a teacher stage's result into its cache directory, atomically: the model and
+    tokenizer (a ``save_pretrained`` directory) and ``finetune.json`` (``info``)."""
     def save(tmp: Path) -> None:
         model.save_pretrained(tmp)
-        teacher.tokenizer.save_pretrained(tmp)
-        write_json(tmp / "finetune.json", {
-            "key": key, "teacher": teacher.name, "settings": dataclasses.asdict(settings),
-            "train_examples": len(data.raw["train"]), "eval": metrics,
-            "seconds": round(seconds, 1)})
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "finetune.json", info)
     write_dir(path, save)
-    return "fine-tuned"
 
 
 def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSettings,

@@ -12,7 +12,6 @@ plain text: ``train.src`` / ``train.tgt`` (one pair per line, nothing else) and
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distillkit.assets import cache_root
-from distillkit.errors import ConfigError
+from distillkit.errors import ConfigError, known_keys
 from distillkit.io import write_file, write_json
 from distillkit.locks import file_lock
 from distillkit.models import ModelBundle, update_weights_digest
@@ -55,13 +54,7 @@ class GenerationSettings:
     @classmethod
     def from_config(cls, values: dict | None, key: str) -> GenerationSettings:
         """Builds the settings, refusing unknown keys and impossible values."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in {key}; valid keys: "
-                              f"{', '.join(sorted(known))}")
-        settings = cls(**values)
+        settings = cls(**known_keys(cls, values, key))
         for name in ("num_beams", "n_best", "max_new_tokens", "batch_size"):
             if int(getattr(settings, name)) < 1:
                 raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(settings, name)}")

@@ -14,7 +14,6 @@ Only this module (and :mod:`distillkit.run`) instantiates config nodes.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from transformers import set_seed
 
 from distillkit.engine import Distiller, EngineSettings, frozen
 from distillkit.errors import ConfigError, ModelError
-from distillkit.io import write_dir, write_file, write_json
+from distillkit.io import write_file, write_metrics, write_pretrained
 from distillkit.models import ModelBundle, count_parameters
 from distillkit.seq2seq.data import Seq2SeqData
 from distillkit.seq2seq.evaluate import evaluate_generation
@@ -222,14 +221,10 @@ def run_seq2seq(cfg: DictConfig, out_dir: Path, settings: EngineSettings,
     }
     _stage("export")
     if cfg.get("export_student", True):
-        def save(tmp: Path) -> None:
-            student.model.save_pretrained(tmp)
-            student.tokenizer.save_pretrained(tmp)
-        write_dir(out_dir / "student", save)
+        write_pretrained(out_dir / "student", student.model, student.tokenizer)
         log.info("student exported to %s (load with AutoModelForSeq2SeqLM; generate with "
                  "model.generate, source prefix '%s')", out_dir / "student", prefix)
-    metrics["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_json(out_dir / "metrics.json", metrics)
+    write_metrics(out_dir, metrics)
     log.info("summary: %s teacher %.4f, student %.4f (retention %s) on %s [%d examples]",
              headline, t_value, s_metrics[headline],
              "-" if metrics["retention"] is None else f"{metrics['retention']:.4f}",

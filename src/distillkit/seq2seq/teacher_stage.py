@@ -16,24 +16,27 @@ import dataclasses
 import hashlib
 import json
 import logging
-from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, set_seed
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from distillkit.assets import cache_root
-from distillkit.engine import Distiller, EngineSettings
+from distillkit.engine import EngineSettings
 from distillkit.errors import ConfigError
-from distillkit.io import write_dir, write_json
 from distillkit.locks import file_lock
 from distillkit.models import ModelBundle, update_weights_digest
-from distillkit.schedules import warmup_schedule
 from distillkit.seq2seq.data import Seq2SeqData
 from distillkit.seq2seq.evaluate import evaluate_generation
 from distillkit.seq2seq.generation import GenerationSettings
 from distillkit.seq2seq.losses import TokenDistillationLoss
-from distillkit.teacher_stage import MODES, FinetuneSettings, _precision
+from distillkit.teacher_stage import (
+    MODES,
+    FinetuneSettings,
+    _precision,
+    label_trainer,
+    save_trained_teacher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +63,8 @@ def eval_settings(data: Seq2SeqData, batch_size: int, num_beams: int) -> Generat
 
 def _train(model: torch.nn.Module, tokenizer, data: Seq2SeqData, settings: FinetuneSettings,
            engine: EngineSettings, inference_prefix: str) -> tuple[dict, float]:
-    loop = dataclasses.replace(engine, epochs=settings.epochs, max_steps=None,
-                               batch_size=settings.batch_size, eval_every_steps=None,
-                               precision=_precision(settings, engine), compile=False)
-    set_seed(loop.seed)
-    distiller = Distiller(
-        student=model, teacher=None, loss=TokenDistillationLoss(kd=None, alpha=0.0),
-        optimizer_factory=partial(torch.optim.AdamW, lr=settings.lr,
-                                  weight_decay=settings.weight_decay),
-        scheduler_factory=partial(warmup_schedule, name="linear",
-                                  warmup_ratio=settings.warmup_ratio),
-        settings=loop)
+    distiller, loop = label_trainer(model, TokenDistillationLoss(kd=None, alpha=0.0), settings,
+                                    engine)
     train = data.loader("train", loop.batch_size, shuffle=True, seed=loop.seed)
     result = distiller.fit(train, desc="train teacher")
     ids = data.encode_sources(data.sources("eval", inference_prefix))
@@ -129,12 +123,8 @@ def _load_or_train(teacher: ModelBundle, path: Path, key: str, settings: Finetun
     log.info("trained teacher eval exact match %.4f, BLEU %.1f (%.0fs)",
              metrics["exact_match"], metrics["bleu"], seconds)
 
-    def save(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        teacher.tokenizer.save_pretrained(tmp)
-        write_json(tmp / "finetune.json", {
-            "key": key, "teacher": teacher.name, "settings": dataclasses.asdict(settings),
-            "train_pairs": data.num_parts("train"), "eval": metrics,
-            "seconds": round(seconds, 1)})
-    write_dir(path, save)
+    save_trained_teacher(path, model, teacher.tokenizer, {
+        "key": key, "teacher": teacher.name, "settings": dataclasses.asdict(settings),
+        "train_pairs": data.num_parts("train"), "eval": metrics,
+        "seconds": round(seconds, 1)})
     return "fine-tuned"
