@@ -33,6 +33,7 @@ class LossSchema:
     prediction_weight: float = 1.0
     intermediate_phase: float = 0.0
     intermediate_decay: str = "constant"  # constant | linear (intermediate weights 1 -> 0)
+    expertise_weights: bool = False  # Meta-KD: weigh examples by the teacher's gold-label prob.
 
 
 @dataclass
@@ -79,6 +80,8 @@ class DataSchema:
     transfer_split: Optional[str] = None  # noqa: UP045
     max_transfer_samples: Optional[int] = None  # noqa: UP045
     id_column: Optional[str] = None  # noqa: UP045 - null: row index within the split
+    domain_column: Optional[str] = None  # noqa: UP045 - multi-domain data (Meta-KD)
+    domain: Optional[str] = None  # noqa: UP045 - target domain: every split keeps its rows
 
 
 @dataclass

@@ -32,6 +32,7 @@ from distillkit.errors import ConfigError, known_keys
 from distillkit.io import write_dir, write_json
 from distillkit.locks import file_lock
 from distillkit.losses import DistillationLoss
+from distillkit.meta_teacher import DOMAIN_CHOICES, WEIGHT_CHOICES, stage_inputs
 from distillkit.models import ModelBundle, pretrained_classifier, update_weights_digest
 from distillkit.schedules import warmup_schedule
 
@@ -52,6 +53,13 @@ class FinetuneSettings:
         precision: compute precision of the fine-tune (``fp32``, ``bf16``, ``fp16``);
             ``auto`` follows ``trainer.precision``. Set it to compare students trained in
             different precisions against one and the same teacher.
+        domains: ``target`` trains on the run's train split; ``all`` on the train split of
+            every domain when ``data.domain`` picks a target domain (a Meta-KD meta-teacher).
+        sample_weights: ``none``, or ``prototype``: each example weighted by its prototype
+            score (:mod:`distillkit.meta_teacher`; needs ``data.domain_column``).
+        prototype_alpha: weight of the example's own domain in its prototype score.
+        domain_loss_weight: weight of Meta-KD's domain-corruption term
+            (:class:`~distillkit.losses.MetaTeacherLoss`); 0: none.
     """
 
     epochs: int = 1
@@ -60,12 +68,40 @@ class FinetuneSettings:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     precision: str = "auto"
+    domains: str = "target"
+    sample_weights: str = "none"
+    prototype_alpha: float = 0.5
+    domain_loss_weight: float = 0.0
 
     @classmethod
     def from_config(cls, values: dict | None, where: str = "teacher") -> FinetuneSettings:
         """Builds the settings, refusing unknown keys with a message naming them (``where``:
         the config section, ``teacher`` or ``teacher.members.<name>``)."""
-        return cls(**known_keys(cls, values, f"{where}.finetune_settings"))
+        settings = cls(**known_keys(cls, values, f"{where}.finetune_settings"))
+        for key, allowed in (("domains", DOMAIN_CHOICES), ("sample_weights", WEIGHT_CHOICES)):
+            if getattr(settings, key) not in allowed:
+                raise ConfigError(f"{where}.finetune_settings.{key}={getattr(settings, key)!r} "
+                                  f"is not one of {', '.join(allowed)}")
+        if not settings.domain_loss_weight >= 0:
+            raise ConfigError(f"{where}.finetune_settings.domain_loss_weight must be >= 0, got "
+                              f"{settings.domain_loss_weight}")
+        return settings
+
+    def meta(self) -> bool:
+        """Whether any Meta-KD setting is on (they then enter the cache key)."""
+        return (self.domains, self.sample_weights, self.domain_loss_weight) != \
+            ("target", "none", 0.0)
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that enter a teacher cache key: all but ``precision`` (keyed by the
+        dtype it resolved to), and the Meta-KD ones only when on (plain keys stay as they
+        were before those settings existed)."""
+        fields = dataclasses.asdict(self)
+        fields.pop("precision")
+        if not self.meta():
+            for key in ("domains", "sample_weights", "prototype_alpha", "domain_loss_weight"):
+                fields.pop(key)
+        return fields
 
 
 def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: FinetuneSettings,
@@ -76,9 +112,12 @@ def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: Fine
     """
     digest = hashlib.sha256()
     update_weights_digest(teacher.model, digest)
-    raw = data.raw["train"]
-    fields = dataclasses.asdict(settings)
-    fields.pop("precision")  # named by ``precision``, resolved (auto -> the dtype it ran in)
+    role = _role(data, settings)
+    raw = data.raw[role]
+    fields = settings.key_fields()
+    if settings.meta():  # the split and its domains
+        fields["split"] = role
+        fields["row_domains"] = data.domains(role) if data.domain_column else None
     meta = {"vocab": sorted(teacher.tokenizer.get_vocab().items()), "labels": data.labels,
             "max_length": data.max_length, "settings": fields,
             "seed": seed, "precision": precision}
@@ -122,12 +161,22 @@ def label_trainer(model: torch.nn.Module, loss: torch.nn.Module, settings: Finet
     return distiller, loop
 
 
-def _finetune(model: torch.nn.Module, data: TextClassificationData,
-              settings: FinetuneSettings, engine: EngineSettings) -> tuple[dict, float]:
-    distiller, loop = label_trainer(model, DistillationLoss(kd=None, alpha=0.0), settings,
-                                    engine)
-    train = data.loader("train", loop.batch_size, shuffle=True, seed=loop.seed,
-                        num_workers=loop.num_workers, by_length=loop.group_by_length)
+def _role(data: TextClassificationData, settings: FinetuneSettings) -> str:
+    """The split the teacher stage trains on."""
+    return "all_train" if settings.domains == "all" and data.has_split("all_train") else "train"
+
+
+def _finetune(teacher: ModelBundle, model: torch.nn.Module, data: TextClassificationData,
+              settings: FinetuneSettings, engine: EngineSettings,
+              info: dict[str, Any]) -> tuple[dict, float]:
+    role, loss, columns = "train", DistillationLoss(kd=None, alpha=0.0), {}
+    if settings.meta():  # a Meta-KD meta-teacher: its split, loss and sample weights
+        role, loss, columns, meta = stage_inputs(teacher, data, settings, engine)
+        info["meta"] = meta
+    distiller, loop = label_trainer(model, loss, settings, engine)
+    train = data.loader(role, loop.batch_size, shuffle=True, seed=loop.seed,
+                        num_workers=loop.num_workers, by_length=loop.group_by_length,
+                        columns=columns)
     result = distiller.fit(train, desc="fine-tune teacher")
     metrics = distiller.evaluate(model, data.loader("eval", loop.eval_batch_size),
                                  desc="eval fine-tuned teacher")
@@ -142,16 +191,18 @@ def _load_or_finetune(teacher: ModelBundle, path: Path, key: str, settings: Fine
         log.info("reusing fine-tuned teacher from cache %s (key %s, eval accuracy %.4f)",
                  path, key, info["eval"]["accuracy"])
         return "cache"
-    log.info("fine-tuning teacher '%s' on %d examples (%d epoch(s)); cache key %s",
-             teacher.name, len(data.raw["train"]), settings.epochs, key)
+    role = _role(data, settings)
+    log.info("fine-tuning teacher '%s' on %d examples of '%s' (%d epoch(s)); cache key %s",
+             teacher.name, len(data.raw[role]), role, settings.epochs, key)
     model = copy.deepcopy(teacher.model)  # the pretrained weights stay for the student
-    metrics, seconds = _finetune(model, data, settings, engine)
+    info: dict[str, Any] = {}
+    metrics, seconds = _finetune(teacher, model, data, settings, engine, info)
     log.info("fine-tuned teacher eval accuracy %.4f (%.0fs)", metrics["accuracy"], seconds)
 
     save_trained_teacher(path, model, teacher.tokenizer, {
         "key": key, "teacher": teacher.name, "settings": dataclasses.asdict(settings),
-        "train_examples": len(data.raw["train"]), "eval": metrics,
-        "seconds": round(seconds, 1)})
+        "train_examples": len(data.raw[role]), "eval": metrics,
+        "seconds": round(seconds, 1), **info})
     return "fine-tuned"
 
 

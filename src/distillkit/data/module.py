@@ -11,6 +11,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from distillkit.data.logit_rows import WithTeacherLogits
 from distillkit.data.sampling import (
     LengthGroupedBatchSampler,
     ShardedBatchSampler,
@@ -19,41 +20,6 @@ from distillkit.data.sampling import (
 from distillkit.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-class WithTeacherLogits(torch.utils.data.Dataset):
-    """A tokenised dataset whose examples also carry their row of teacher logits.
-
-    Args:
-        base: the tokenised examples (the concatenation of one or more splits).
-        parts: per split, in concatenation order, an array of logits with one row per
-            example (memory-mapped arrays are read row by row, never loaded whole).
-    """
-
-    def __init__(self, base: Dataset, parts: Sequence[np.ndarray]) -> None:
-        self.base = base
-        self.parts = list(parts)
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
-        if self.offsets[-1] != len(base):
-            raise ValueError(f"{self.offsets[-1]} logit rows for {len(base)} examples")
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def _logits(self, indices: Sequence[int]) -> list[list[float]]:
-        idx = np.asarray(indices, dtype=np.int64)
-        part = np.searchsorted(self.offsets, idx, side="right") - 1
-        return [np.asarray(self.parts[p][i - self.offsets[p]], dtype=np.float32).tolist()
-                for i, p in zip(idx.tolist(), part.tolist(), strict=True)]
-
-    def __getitem__(self, index: int) -> dict:
-        return {**self.base[index], "teacher_logits": self._logits([index])[0]}
-
-    def __getitems__(self, indices: list[int]) -> list[dict]:
-        rows = self.base[indices]  # one columnar read for the whole batch
-        logits = self._logits(indices)
-        return [{**{k: v[j] for k, v in rows.items()}, "teacher_logits": logits[j]}
-                for j in range(len(indices))]
 
 
 class TextClassificationData:
@@ -85,6 +51,11 @@ class TextClassificationData:
             rows with offline teacher logits (``teacher=offline``, ``mode=export_logits``);
             None uses the row's position in the source split (0-based, as a string). Ids are
             kept beside the tokenised data (:meth:`row_ids`), never fed to the model.
+        domain_column: column naming each row's domain (multi-domain data, e.g. Meta-KD's
+            ``experiment=meta_kd``); kept beside the tokenised data (:meth:`domains`).
+        domain: the target domain: every split keeps only its rows, and the train split with
+            every domain stays available as the ``all_train`` role (what a meta-teacher
+            trains on, ``teacher.finetune_settings.domains=all``). Needs ``domain_column``.
     """
 
     def __init__(
@@ -104,22 +75,33 @@ class TextClassificationData:
         transfer_split: str | None = None,
         max_transfer_samples: int | None = None,
         id_column: str | None = None,
+        domain_column: str | None = None,
+        domain: str | None = None,
     ) -> None:
+        if domain is not None and domain_column is None:
+            raise DataError(f"data.domain={domain} needs data.domain_column (the column that "
+                            "names each row's domain)")
         self._source = source
         self.text_column = text_column
         self.text_pair_column = text_pair_column
         self.label_column = label_column
         self.id_column = id_column
+        self.domain_column = domain_column
+        self.domain = None if domain is None else str(domain)
         self._labels = [str(x) for x in labels] if labels else None
         self.drop_labels = {str(x) for x in drop_labels}
         self.split_names = {"train": train_split, "eval": eval_split, "test": test_split,
                             "transfer": transfer_split}
+        if self.domain is not None:  # the train split of every domain, for a meta-teacher
+            self.split_names["all_train"] = train_split
         self.max_length = int(max_length)
         self.limits = {"train": max_train_samples, "eval": max_eval_samples,
-                       "test": max_eval_samples, "transfer": max_transfer_samples}
+                       "test": max_eval_samples, "transfer": max_transfer_samples,
+                       "all_train": None}
         self.raw: dict[str, Dataset] = {}
         self.tokenized: dict[str, Dataset] = {}
         self._ids: dict[str, list[str]] = {}  # role -> row ids, aligned with raw/tokenized
+        self._domains: dict[str, list[str]] = {}  # role -> row domains (with domain_column)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.teacher_logits: dict[str, np.ndarray] = {}
 
@@ -146,16 +128,32 @@ class TextClassificationData:
         for role, ds in list(self.raw.items()):
             ids = (["" if v is None else str(v) for v in ds[self.id_column]] if self.id_column
                    else [str(i) for i in range(len(ds))])
+            domains = ([str(v) for v in ds[self.domain_column]] if self.domain_column
+                       else None)
             if role == "transfer":
                 ds = self._hide_labels(ds)
             else:
                 ds, kept = self._encode_labels(ds, label2id, self.split_names[role])
                 ids = [ids[i] for i in kept]
+                domains = None if domains is None else [domains[i] for i in kept]
+            keep = None
+            if self.domain is not None and role != "all_train":
+                keep = [i for i, d in enumerate(domains) if d == self.domain]
+                if not keep:
+                    raise DataError(
+                        f"split '{self.split_names[role]}' has no rows of domain "
+                        f"'{self.domain}' (data.domain) in column '{self.domain_column}'; its "
+                        f"domains are: {', '.join(sorted(set(domains)))}")
             limit = self.limits[role]
-            if limit is not None and limit < len(ds):
-                ds = ds.select(range(limit))
-                ids = ids[:limit]
+            if limit is not None:
+                keep = (keep if keep is not None else list(range(len(ds))))[:limit]
+            if keep is not None and len(keep) < len(ds):
+                ds = ds.select(keep)
+                ids = [ids[i] for i in keep]
+                domains = None if domains is None else [domains[i] for i in keep]
             self.raw[role], self._ids[role] = ds, ids
+            if domains is not None:
+                self._domains[role] = domains
             log.info("%s split '%s': %d examples", role, self.split_names[role], len(ds))
 
     @property
@@ -179,6 +177,8 @@ class TextClassificationData:
             wanted["data.text_pair_column"] = self.text_pair_column
         if self.id_column:
             wanted["data.id_column"] = self.id_column
+        if self.domain_column:
+            wanted["data.domain_column"] = self.domain_column
         for key, column in wanted.items():
             if column not in ds.column_names:
                 raise DataError(
@@ -240,6 +240,18 @@ class TextClassificationData:
                 desc=f"tokenise {role}",
             )
 
+    def domains(self, role: str) -> list[str]:
+        """The domain of every row of a split, in dataset order (``domain_column``).
+
+        Raises:
+            DataError: when the data has no ``domain_column``.
+        """
+        self.prepare()
+        if not self.domain_column:
+            raise DataError("this needs the domain of every row: set data.domain_column to "
+                            "the column naming it (e.g. data=snli_domains)")
+        return list(self._domains[role])
+
     def has_split(self, role: str) -> bool:
         """Whether a split is configured for ``role`` (train, eval, test or transfer)."""
         return self.split_names.get(role) is not None
@@ -251,6 +263,7 @@ class TextClassificationData:
         self.tokenized.pop("transfer", None)
         self.teacher_logits.pop("transfer", None)
         self._ids.pop("transfer", None)
+        self._domains.pop("transfer", None)
 
     def distil_roles(self) -> list[str]:
         """The splits the student trains on: train, plus the transfer split if configured."""
@@ -305,6 +318,7 @@ class TextClassificationData:
         self, role: str, batch_size: int, shuffle: bool = False, seed: int = 0,
         num_workers: int = 0, by_length: bool = True, pin_memory: bool = False,
         shard: tuple[int, int] | None = None,
+        columns: dict[str, Sequence[float | int]] | None = None,
     ) -> DataLoader:
         """A DataLoader over a tokenised split with dynamic padding.
 
@@ -324,6 +338,9 @@ class TextClassificationData:
                 batch and this loader yields the rank's share of each global batch (see
                 :class:`~distillkit.data.sampling.ShardedBatchSampler`); with ``shuffle``
                 (training) every rank yields the same number of batches.
+            columns: extra per-row values for the loss only (names starting ``loss_``, e.g.
+                a teacher stage's sample weights), one per row of a single split; the data
+                itself is left as it is.
         """
         if self.tokenizer is None:
             raise RuntimeError("call tokenize(tokenizer) before loader()")
@@ -333,6 +350,10 @@ class TextClassificationData:
         roles = self._roles(role)
         parts = [self.tokenized[r] for r in roles]
         dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        for name, values in (columns or {}).items():
+            if not name.startswith("loss_") or len(values) != len(dataset):
+                raise ValueError(f"column {name}: needs a loss_ name and one value per row")
+            dataset = dataset.add_column(name, list(values))
         with_logits = [r for r in roles if r in self.teacher_logits]
         if with_logits:
             if len(with_logits) != len(roles):

@@ -8,6 +8,7 @@ and a teacher's soft labels carry real information.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from datasets import Dataset, DatasetDict
 
@@ -38,6 +39,7 @@ def synthetic_nli(
     n_test: int = 128,
     label_noise: float = 0.1,
     seed: int = 0,
+    domains: Sequence[str] = (),
 ) -> DatasetDict:
     """Generates the tiny NLI-style task (columns ``premise``, ``hypothesis``, ``label``).
 
@@ -47,13 +49,18 @@ def synthetic_nli(
         n_test: test pairs.
         label_noise: fraction of labels replaced by a random label.
         seed: the generator's seed; the same seed gives the same data everywhere.
+        domains: names of domains; when given, a ``domain`` column assigns them to the rows
+            of every split in turn (row ``i`` gets ``domains[i % len(domains)]``); the texts
+            are the same as without.
     """
     rng = random.Random(seed)
     splits = {"train": n_train, "validation": n_validation, "test": n_test}
-    return DatasetDict(
-        {
-            name: Dataset.from_list([_example(rng, label_noise) for _ in range(n)])
-            for name, n in splits.items()
-            if n > 0
-        }
-    )
+    out = {}
+    for name, n in splits.items():
+        if n <= 0:
+            continue
+        rows = [_example(rng, label_noise) for _ in range(n)]
+        if domains:
+            rows = [{**r, "domain": str(domains[i % len(domains)])} for i, r in enumerate(rows)]
+        out[name] = Dataset.from_list(rows)
+    return DatasetDict(out)

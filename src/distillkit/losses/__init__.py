@@ -15,6 +15,7 @@ from distillkit.losses.logits import (
     MSELogits,
     SoftTargetCrossEntropy,
 )
+from distillkit.losses.meta import MetaTeacherLoss
 
 __all__ = [
     "AttentionKL",
@@ -27,6 +28,7 @@ __all__ = [
     "HardCrossEntropy",
     "KLDivergence",
     "LossOutput",
+    "MetaTeacherLoss",
     "MSELogits",
     "SoftTargetCrossEntropy",
 ]

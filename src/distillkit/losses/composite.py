@@ -20,6 +20,12 @@
   that stays 1 (``constant``) or falls linearly from 1 at the first step to 0 at the last
   (``linear``): the intermediate terms guide a randomly initialised student early and hand the
   capacity over to the prediction layer by the end (the terms stop running once it reaches 0).
+* ``expertise_weights`` (Meta-KD's domain-expertise weights, Pan et al., 2021, "Meta-KD: A
+  Meta Knowledge Distillation Framework for Language Model Compression across Domains")
+  weighs every example inside the KD term and every intermediate term by the teacher's
+  confidence on the example's gold label, ``w_i = softmax(z_t)_i[y_i]`` (at ``T = 1``; 1 for
+  rows without a label): each term becomes a weighted mean over the batch, so the weights
+  shift the balance between examples, not the loss scale. The hard term is not weighted.
 """
 
 from __future__ import annotations
@@ -69,6 +75,8 @@ class DistillationLoss(nn.Module):
             terms alone before the prediction-layer phase (0: one phase, every term together).
         intermediate_decay: ``constant`` (the intermediate weights as given) or ``linear``
             (scaled from 1 at the first step down to 0 at the last).
+        expertise_weights: weigh the examples of the KD and intermediate terms by the
+            teacher's probability of the gold label (Meta-KD's domain-expertise weights).
 
     Raises:
         ConfigError: for a temperature <= 0, an alpha outside [0, 1], ``alpha > 0`` without
@@ -87,6 +95,7 @@ class DistillationLoss(nn.Module):
         prediction_weight: float = 1.0,
         intermediate_phase: float = 0.0,
         intermediate_decay: str = "constant",
+        expertise_weights: bool = False,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -116,6 +125,10 @@ class DistillationLoss(nn.Module):
         self.intermediate = IntermediateTerms(intermediate or {}, projection)
         self.intermediate_phase = float(intermediate_phase)
         self.intermediate_decay = intermediate_decay
+        if expertise_weights and kd is None and not intermediate:
+            raise ConfigError("loss.expertise_weights=true weighs distillation terms, but this "
+                              "loss has none; use loss=kd (or another distilling loss)")
+        self.expertise_weights = bool(expertise_weights)
         self._phase = "all"
         self._scale = 1.0
 
@@ -152,7 +165,7 @@ class DistillationLoss(nn.Module):
         """The deepest teacher layer any term reads, when no term ever reads the teacher's
         logits (then the teacher's higher layers need not run); None otherwise."""
         logits = self.kd is not None and self.alpha > 0 and self.prediction_weight > 0
-        if logits or not self.intermediate.plan:
+        if logits or self.expertise_weights or not self.intermediate.plan:
             return None
         return max(pair.teacher for _, pair, _ in self.intermediate.plan)
 
@@ -184,6 +197,10 @@ class DistillationLoss(nn.Module):
         total = logits.new_zeros((), dtype=torch.float32)
         if self.needs_teacher and teacher is None:
             raise ValueError("DistillationLoss needs teacher outputs but got None")
+        weights = (expertise(teacher["logits"].to(logits.device), batch["labels"])
+                   if self.expertise_weights else None)
+        if weights is not None:
+            terms["expertise_weight"] = weights.mean().detach()
         if self._uses_prediction():
             weight = self.prediction_weight
             if self.alpha < 1.0:
@@ -191,11 +208,27 @@ class DistillationLoss(nn.Module):
                 terms["hard"] = hard.detach()
                 total = total + weight * (1.0 - self.alpha) * hard
             if self.kd is not None and self.alpha > 0:
-                kd = self.kd(logits, teacher["logits"].to(logits.device), self.temperature)
+                kd = self.kd(logits, teacher["logits"].to(logits.device), self.temperature,
+                             weights)
                 terms["kd"] = kd.detach()
                 total = total + weight * self.alpha * kd
         if self._uses_intermediate():
-            value, by_term = self.intermediate(student, teacher, batch["attention_mask"])
+            value, by_term = self.intermediate(student, teacher, batch["attention_mask"],
+                                               weights)
             terms.update(by_term)
             total = total + self._scale * value
         return LossOutput(total=total, terms=terms)
+
+
+def expertise(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Meta-KD's domain-expertise weight of every example: the teacher's probability of its
+    gold label (``T = 1``), detached; 1 for rows without a label (``-100``).
+
+    Args:
+        teacher_logits: ``[batch, num_classes]``.
+        labels: ``[batch]`` gold label ids (``-100``: hidden).
+    """
+    probs = torch.softmax(teacher_logits.detach().float(), dim=-1)
+    labelled = labels >= 0
+    gold = probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(labelled, gold, torch.ones_like(gold))

@@ -7,7 +7,11 @@ returns an unweighted scalar:
   teacher's width when the term sets ``needs_projection``);
 * attention terms get ``[batch, heads, seq, seq]`` attention probabilities; when the head
   counts differ, both sides are averaged over heads first;
-* ``mask`` is the ``[batch, seq]`` attention mask (1 = real token): padding never counts.
+* ``mask`` is the ``[batch, seq]`` attention mask (1 = real token): padding never counts;
+* ``weights`` (optional, ``[batch]``, >= 0) weigh the examples (Meta-KD's domain-expertise
+  weights): each term is a ratio ``sum(numerator) / sum(denominator)`` over the batch (a mean
+  over real tokens or token pairs), and the weighted value is
+  ``sum_b w_b numerator_b / sum_b w_b denominator_b``. Equal weights give the unweighted value.
 
 ``weight`` is the term's weight in the composite loss (see :mod:`distillkit.losses.composite`).
 All arithmetic runs in float32, also under bf16 autocast.
@@ -24,10 +28,11 @@ def _token_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask.to(torch.float32)
 
 
-def _masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of per-token ``values`` ``[batch, seq]`` over real tokens."""
+def _token_parts(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example sum of per-token ``values`` ``[batch, seq]`` over real tokens, and their
+    count."""
     m = _token_mask(mask)
-    return (values * m).sum() / m.sum().clamp_min(1.0)
+    return (values * m).sum(1), m.sum(1)
 
 
 def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -55,6 +60,20 @@ class _Term(nn.Module):
     def extra_repr(self) -> str:
         return f"weight={self.weight}"
 
+    def parts(self, student: torch.Tensor, teacher: torch.Tensor,
+              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example numerator and denominator ``[batch]`` of the term's mean."""
+        raise NotImplementedError
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The term's (example-weighted) mean over the batch; an unweighted scalar."""
+        num, den = self.parts(student, teacher, mask)
+        if weights is not None:
+            w = weights.to(torch.float32)
+            num, den = num * w, den * w
+        return num.sum() / den.sum().clamp_min(1e-12 if weights is not None else 1.0)
+
 
 class HiddenMSE(_Term):
     """Mean squared error between hidden states, averaged over real tokens and width.
@@ -66,10 +85,10 @@ class HiddenMSE(_Term):
 
     needs_projection = True
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
+    def parts(self, student: torch.Tensor, teacher: torch.Tensor,
+              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         per_token = (student.float() - teacher.float()).pow(2).mean(-1)
-        return _masked_token_mean(per_token, mask)
+        return _token_parts(per_token, mask)
 
 
 class HiddenCosine(_Term):
@@ -81,10 +100,10 @@ class HiddenCosine(_Term):
 
     needs_projection = True
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
+    def parts(self, student: torch.Tensor, teacher: torch.Tensor,
+              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos = F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
-        return _masked_token_mean(1.0 - cos, mask)
+        return _token_parts(1.0 - cos, mask)
 
 
 class GramMMD(_Term):
@@ -97,13 +116,13 @@ class GramMMD(_Term):
     widths, so no projection is needed.
     """
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
+    def parts(self, student: torch.Tensor, teacher: torch.Tensor,
+              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = student.float(), teacher.float()
         gram_s = torch.bmm(s, s.transpose(1, 2)) / s.size(-1)
         gram_t = torch.bmm(t, t.transpose(1, 2)) / t.size(-1)
         pairs = _pair_mask(mask)
-        return ((gram_s - gram_t).pow(2) * pairs).sum() / pairs.sum().clamp_min(1.0)
+        return ((gram_s - gram_t).pow(2) * pairs).sum((1, 2)), pairs.sum((1, 2))
 
 
 def _match_heads(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor,
@@ -124,11 +143,11 @@ class AttentionMSE(_Term):
 
     feature = "attention"
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
+    def parts(self, student: torch.Tensor, teacher: torch.Tensor,
+              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = _match_heads(student, teacher)
         pairs = _pair_mask(mask).unsqueeze(1).expand_as(s)
-        return ((s - t).pow(2) * pairs).sum() / pairs.sum().clamp_min(1.0)
+        return ((s - t).pow(2) * pairs).sum((1, 2, 3)), pairs.sum((1, 2, 3))
 
 
 class AttentionKL(_Term):
@@ -141,11 +160,11 @@ class AttentionKL(_Term):
 
     feature = "attention"
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
+    def parts(self, student: torch.Tensor, teacher: torch.Tensor,
+              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = _match_heads(student, teacher)
         eps = 1e-12
         per_key = t * (torch.log(t + eps) - torch.log(s + eps))
         per_query = (per_key * _token_mask(mask)[:, None, None, :]).sum(-1)  # [B, H, T]
         rows = _token_mask(mask)[:, None, :].expand_as(per_query)
-        return (per_query * rows).sum() / rows.sum().clamp_min(1.0)
+        return (per_query * rows).sum((1, 2)), rows.sum((1, 2))

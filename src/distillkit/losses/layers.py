@@ -111,13 +111,18 @@ class IntermediateTerms(nn.Module):
             s = self.projections[pair.label()](s)
         return s, teacher["hidden_states"][pair.teacher]
 
-    def forward(self, student: Mapping, teacher: Mapping,
-                mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted sum of every planned term, and each term's weighted sum for logging."""
+    def forward(self, student: Mapping, teacher: Mapping, mask: torch.Tensor,
+                weights: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted sum of every planned term, and each term's weighted sum for logging.
+
+        ``weights`` (``[batch]``, optional) weigh the examples inside every term (see
+        :mod:`distillkit.losses.intermediate`).
+        """
         by_term: dict[str, torch.Tensor] = {}
         for name, pair, weight in self.plan:
             s, t = self._side(name, pair, student, teacher)
-            value = weight * self.terms[name](s, t, mask)
+            value = weight * self.terms[name](s, t, mask, weights)
             by_term[name] = by_term[name] + value if name in by_term else value
         total = sum(by_term.values()) if by_term else mask.new_zeros((), dtype=torch.float32)
         return total, {k: v.detach() for k, v in by_term.items()}

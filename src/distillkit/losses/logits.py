@@ -1,8 +1,9 @@
 """Prediction-layer (logit) distillation terms.
 
 Every term takes logits of shape ``[..., num_classes]`` (``[batch, C]`` for classification,
-``[batch, seq, vocab]`` for token-level KD) and an optional boolean ``mask`` over the leading
-dimensions; the result is the mean over the unmasked positions.
+``[batch, seq, vocab]`` for token-level KD) and an optional ``mask`` over the leading
+dimensions: boolean (the result is the mean over the unmasked positions) or float per-position
+weights (the weighted mean, e.g. Meta-KD's per-example domain-expertise weights).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from torch import nn
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of ``values`` over positions where ``mask`` is true (all positions if None)."""
+    """Mean of ``values`` over positions where ``mask`` is true (all positions if None); a
+    float ``mask`` weighs the positions (a weighted mean; 0 when every weight is 0)."""
     if mask is None:
         return values.mean()
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+    return (values * mask).sum() / mask.sum().clamp_min(1e-12)
 
 
 class _LogitTerm(nn.Module):
@@ -89,15 +91,21 @@ class HardCrossEntropy(nn.Module):
     """Plain cross-entropy with the gold labels.
 
     Positions labelled ``-100`` (e.g. transfer-set examples whose labels are hidden) are
-    ignored; a batch without any label gives 0, not NaN.
+    ignored; a batch without any label gives 0, not NaN. Optional per-example ``weights``
+    (>= 0) give the weighted mean ``sum w_i CE_i / sum w_i`` over the labelled positions (a
+    meta-teacher's prototype scores, Pan et al., 2021).
     """
 
-    def forward(self, student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, student_logits: torch.Tensor, labels: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
         labels = labels.reshape(-1)
-        total = F.cross_entropy(
+        per_example = F.cross_entropy(
             student_logits.float().reshape(-1, student_logits.shape[-1]),
             labels,
             ignore_index=-100,
-            reduction="sum",
+            reduction="none",
         )
-        return total / (labels != -100).sum().clamp_min(1)
+        if weights is None:
+            return per_example.sum() / (labels != -100).sum().clamp_min(1)
+        w = weights.reshape(-1).to(torch.float32) * (labels != -100)
+        return (per_example * w).sum() / w.sum().clamp_min(1e-12)

@@ -73,6 +73,9 @@ def _build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     teacher_cfg = OmegaConf.to_container(cfg.teacher, resolve=True)
     mode = teacher_cfg.pop("finetune", "auto")
     ft = FinetuneSettings.from_config(teacher_cfg.pop("finetune_settings", None))
+    if ft.meta():
+        raise ConfigError("teacher.finetune_settings domains/sample_weights/domain_loss_weight "
+                          "(Meta-KD) apply to task=classification only; remove them")
     set_seed(settings.seed)
     teacher: ModelBundle = instantiate(teacher_cfg)()
     set_seed(settings.seed)  # the student starts alike in every run

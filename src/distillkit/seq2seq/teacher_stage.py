@@ -46,8 +46,7 @@ def cache_key(teacher: ModelBundle, data: Seq2SeqData, settings: FinetuneSetting
     """Hash of everything that determines the trained teacher."""
     digest = hashlib.sha256()
     update_weights_digest(teacher.model, digest)
-    fields = dataclasses.asdict(settings)
-    fields.pop("precision")
+    fields = settings.key_fields()
     meta = {"vocab": sorted(teacher.tokenizer.get_vocab().items()), "settings": fields,
             "lengths": [data.max_source_length, data.max_target_length], "seed": seed,
             "precision": precision, "parts": data.parts["train"]}
