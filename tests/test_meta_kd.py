@@ -246,3 +246,22 @@ def test_meta_kd_bad_setting_is_one_error_line(tmp_path):
     assert len(errors) == 1 and "sample_weights='soft' is not one of none, prototype" \
         in errors[0], errors
     assert "Traceback" not in output and not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("teacher", ["minilm6", "hub", "tiny", "tiny_electra"])
+def test_every_classification_teacher_takes_the_meta_settings(compose_cfg, teacher):
+    """The Meta-KD keys are set (off) in every classification teacher option, so a plain
+    override turns a teacher into a meta-teacher."""
+    cfg = compose_cfg([f"teacher={teacher}", "teacher.finetune_settings.domains=all",
+                       "teacher.finetune_settings.sample_weights=prototype"])
+    settings = FinetuneSettings.from_config(dict(cfg.teacher.finetune_settings))
+    assert settings.meta() and settings.domain_loss_weight == 0.0
+
+
+def test_meta_kd_experiment_composes_the_paper_recipe(compose_cfg):
+    cfg = compose_cfg(["experiment=meta_kd"])
+    assert cfg.data.domain == "street" and cfg.data.domain_column == "domain"
+    ft = cfg.teacher.finetune_settings
+    assert (ft.domains, ft.sample_weights, ft.domain_loss_weight) == ("all", "prototype", 0.1)
+    assert cfg.loss.expertise_weights and cfg.loss.intermediate_phase == 0.5
+    assert cfg.mapping._target_ == "distillkit.mapping.uniform_mapping"

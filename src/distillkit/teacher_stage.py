@@ -236,6 +236,10 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
         log.info("teacher stage skipped: %s has no model to fine-tune", teacher.name)
         return teacher
     needed = mode is True or (mode == "auto" and not teacher.trained_head)
+    if not needed and settings.meta():
+        log.warning("teacher.finetune_settings (domains, sample_weights, domain_loss_weight) "
+                    "are not used: teacher '%s' is not trained by the teacher stage (set "
+                    "teacher.finetune=true to train it as a meta-teacher)", teacher.name)
     if not needed:
         if not teacher.trained_head:
             log.warning("teacher '%s' has an untrained head and teacher.finetune=false: "
