@@ -132,7 +132,13 @@ def test_interrupted_run_keeps_output_and_exits_130(tmp_path):
         if "stage: distil" in line:
             proc.send_signal(signal.SIGINT)
             break
-    rest, _ = proc.communicate(timeout=120)
+    try:
+        rest, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # show where the run was instead of a bare timeout
+        proc.kill()
+        rest = proc.communicate()[0]
+        pytest.fail("the run did not stop within 120 s of SIGINT; its output ends:\n"
+                    + ("".join(lines) + (rest or ""))[-3000:])
     watchdog.cancel()
     output = "".join(lines) + (rest or "")
     assert proc.returncode == 130, output[-2000:]
