@@ -123,7 +123,10 @@ def test_interrupted_run_keeps_output_and_exits_130(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "distillkit", *TINY_RUN, "trainer.max_steps=1000000",
          f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        stderr=subprocess.STDOUT, text=True,
+        # a suite started in the background (`cmd &`) passes SIGINT on as ignored, and Python
+        # then never raises KeyboardInterrupt: give the run the terminal's default, as a user has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watchdog = threading.Timer(240, proc.kill)  # never hang the suite
     watchdog.start()
     lines = []
