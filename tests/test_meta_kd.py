@@ -265,3 +265,14 @@ def test_meta_kd_experiment_composes_the_paper_recipe(compose_cfg):
     assert (ft.domains, ft.sample_weights, ft.domain_loss_weight) == ("all", "prototype", 0.1)
     assert cfg.loss.expertise_weights and cfg.loss.intermediate_phase == 0.5
     assert cfg.mapping._target_ == "distillkit.mapping.uniform_mapping"
+
+
+@pytest.mark.e2e
+def test_meta_settings_on_a_seq2seq_teacher_are_one_error_line(tmp_path):
+    proc = run_cli(["experiment=arith_seq_kd", "+teacher.finetune_settings.domains=all",
+                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-1500:]
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "apply to task=classification only" in errors[0], errors
+    assert "Traceback" not in output and not (tmp_path / "run" / "metrics.json").exists()

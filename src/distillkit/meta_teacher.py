@@ -37,6 +37,7 @@ from distillkit.engine.evaluate import model_inputs
 from distillkit.errors import ConfigError
 from distillkit.io import write_file
 from distillkit.losses import MetaTeacherLoss
+from distillkit.losses.meta import masked_mean_pool
 from distillkit.models import ModelBundle, update_weights_digest
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,11 @@ def prototype_scores(embeddings: np.ndarray, labels: np.ndarray, domains: np.nda
     k_idx, m_idx = np.searchsorted(doms, domains), np.searchsorted(classes, labels)
     cos = np.einsum("nd,knd->nk", h, protos[:, m_idx])  # [N, K]: cos to each domain's p[., m]
     own = cos[np.arange(len(h)), k_idx]
-    others = cos.copy()
-    others[np.arange(len(h)), k_idx] = np.nan
-    has_other = ~np.isnan(others).all(1)
-    other_mean = np.where(has_other, np.nanmean(np.where(has_other[:, None], others, 0.0), 1),
-                          0.0)
-    scores = np.where(has_other, alpha * own + (1.0 - alpha) * other_mean, own)
+    others = ~np.isnan(cos)  # the other domains' prototypes of the example's class
+    others[np.arange(len(h)), k_idx] = False
+    count = others.sum(1)
+    other_mean = np.where(others, cos, 0.0).sum(1) / np.maximum(count, 1)
+    scores = np.where(count > 0, alpha * own + (1.0 - alpha) * other_mean, own)
     return scores.astype(np.float32)
 
 
@@ -98,9 +98,8 @@ def mean_pooled(model: torch.nn.Module, data: TextClassificationData, role: str,
     for batch in loader:
         inputs = model_inputs(batch, device)
         with (torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()):
-            hidden = model(**inputs, output_hidden_states=True).hidden_states[-1].float()
-        m = inputs["attention_mask"].to(torch.float32).unsqueeze(-1)
-        rows.append(((hidden * m).sum(1) / m.sum(1).clamp_min(1.0)).cpu())
+            hidden = model(**inputs, output_hidden_states=True).hidden_states[-1]
+        rows.append(masked_mean_pool(hidden, inputs["attention_mask"]).cpu())
     model.train(was_training)
     return restore_order(loader.batch_sampler, torch.cat(rows).numpy())
 
@@ -135,17 +134,22 @@ def _scores(teacher: ModelBundle, data: TextClassificationData, role: str, alpha
     return scores
 
 
+def training_role(data: TextClassificationData, settings: Any) -> str:
+    """The split the teacher stage trains on: ``all_train`` (every domain) for
+    ``finetune_settings.domains=all`` when the data has a target domain, else ``train``."""
+    return "all_train" if settings.domains == "all" and data.has_split("all_train") else "train"
+
+
 def stage_inputs(teacher: ModelBundle, data: TextClassificationData, settings: Any,
                  engine: EngineSettings) -> tuple[str, torch.nn.Module, dict[str, list], dict]:
     """What the teacher stage trains on and with, for ``teacher.finetune_settings``.
 
     Returns:
-        The split role (``all_train`` for ``domains=all`` when the data has a target domain,
-        else ``train``), the loss (:class:`~distillkit.losses.MetaTeacherLoss`), the extra
+        The split role (:func:`training_role`), the loss (:class:`~distillkit.losses.MetaTeacherLoss`), the extra
         loss columns of that split (``loss_sample_weight``, ``loss_domain``) and a summary
         for ``finetune.json``.
     """
-    role = "all_train" if settings.domains == "all" and data.has_split("all_train") else "train"
+    role = training_role(data, settings)
     columns: dict[str, list] = {}
     info: dict[str, Any] = {"split": role, "examples": len(data.tokenized[role])}
     names: list[str] = []

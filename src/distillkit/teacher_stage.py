@@ -32,7 +32,7 @@ from distillkit.errors import ConfigError, known_keys
 from distillkit.io import write_dir, write_json
 from distillkit.locks import file_lock
 from distillkit.losses import DistillationLoss
-from distillkit.meta_teacher import DOMAIN_CHOICES, WEIGHT_CHOICES, stage_inputs
+from distillkit.meta_teacher import DOMAIN_CHOICES, WEIGHT_CHOICES, stage_inputs, training_role
 from distillkit.models import ModelBundle, pretrained_classifier, update_weights_digest
 from distillkit.schedules import warmup_schedule
 
@@ -112,7 +112,7 @@ def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: Fine
     """
     digest = hashlib.sha256()
     update_weights_digest(teacher.model, digest)
-    role = _role(data, settings)
+    role = training_role(data, settings)
     raw = data.raw[role]
     fields = settings.key_fields()
     if settings.meta():  # the split and its domains
@@ -161,11 +161,6 @@ def label_trainer(model: torch.nn.Module, loss: torch.nn.Module, settings: Finet
     return distiller, loop
 
 
-def _role(data: TextClassificationData, settings: FinetuneSettings) -> str:
-    """The split the teacher stage trains on."""
-    return "all_train" if settings.domains == "all" and data.has_split("all_train") else "train"
-
-
 def _finetune(teacher: ModelBundle, model: torch.nn.Module, data: TextClassificationData,
               settings: FinetuneSettings, engine: EngineSettings,
               info: dict[str, Any]) -> tuple[dict, float]:
@@ -191,7 +186,7 @@ def _load_or_finetune(teacher: ModelBundle, path: Path, key: str, settings: Fine
         log.info("reusing fine-tuned teacher from cache %s (key %s, eval accuracy %.4f)",
                  path, key, info["eval"]["accuracy"])
         return "cache"
-    role = _role(data, settings)
+    role = training_role(data, settings)
     log.info("fine-tuning teacher '%s' on %d examples of '%s' (%d epoch(s)); cache key %s",
              teacher.name, len(data.raw[role]), role, settings.epochs, key)
     model = copy.deepcopy(teacher.model)  # the pretrained weights stay for the student

@@ -27,6 +27,13 @@ from torch import nn
 from distillkit.losses.composite import LossOutput
 
 
+def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[batch, seq, width]`` hidden states averaged over real tokens (``mask`` 1), in float32:
+    the sentence embedding of the domain term and of the prototype scores."""
+    m = mask.to(torch.float32).unsqueeze(-1)
+    return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
 class MetaTeacherLoss(nn.Module):
     """Sample-weighted cross-entropy plus the weighted domain-corruption term.
 
@@ -57,8 +64,7 @@ class MetaTeacherLoss(nn.Module):
 
     def _domain_term(self, hidden: torch.Tensor, mask: torch.Tensor,
                      domains: torch.Tensor) -> torch.Tensor:
-        m = mask.to(torch.float32).unsqueeze(-1)
-        content = (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+        content = masked_mean_pool(hidden, mask)
         log_probs = F.log_softmax(self.domain_head(content).float(), dim=-1)
         corrupted = F.one_hot(domains, self.num_domains).to(torch.float32).mean(0)
         return -(log_probs * corrupted).sum(-1)
