@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import pytest
@@ -151,7 +152,9 @@ def test_every_term_and_lr_logged_to_tensorboard(data, tmp_path):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss/kd", "train/loss/hard", "train/loss/total", "train/lr",
-            "eval/student/accuracy"} <= tags
+            "train/grad_norm", "eval/student/accuracy"} <= tags
+    norms = [e.value for e in acc.Scalars("train/grad_norm")]
+    assert len(norms) == 4 and all(math.isfinite(v) and v > 0 for v in norms)
     lrs = [e.value for e in acc.Scalars("train/lr")]
     assert lrs[0] < lrs[1], "warm-up raises the learning rate"
     assert [e["step"] for e in result.evals] == [2, 4]

@@ -184,13 +184,15 @@ class Distiller:
         return _plain_outputs(out)
 
     def _log(self, step: int, terms: dict[str, torch.Tensor], total: torch.Tensor,
-             lr: float, weight: float) -> dict[str, float]:
+             lr: float, weight: float, grad_norm: torch.Tensor | None) -> dict[str, float]:
         # non-finite values were caught by the step's NonFiniteWatch before this is called
         values = self.parallel.reduce_terms({**terms, "total": total}, weight)
         if self.writer is not None:
             for name, v in values.items():
                 self.writer.add_scalar(f"train/loss/{name}", v, step)
             self.writer.add_scalar("train/lr", lr, step)
+            if grad_norm is not None:  # before clipping (ranks hold the same averaged grads)
+                self.writer.add_scalar("train/grad_norm", float(grad_norm), step)
         return values
 
     def evaluate(self, model: nn.Module, loader: DataLoader, desc: str) -> dict[str, float]:
@@ -295,6 +297,7 @@ class Distiller:
                  "watch": watch}
         result = TrainResult(steps=0, epochs_completed=0.0, train_seconds=0.0)
         step, micro, epoch, skip, seconds_before = 0, 0, 0, 0, 0.0
+        grad_norm = None  # the step's gradient norm before clipping (logged when clipping)
         if resume is not None:
             self._restore(resume, parts, result)
             step, micro, epoch = resume["step"], resume["micro"], resume["epoch"]
@@ -356,7 +359,7 @@ class Distiller:
                     continue
                 if s.max_grad_norm is not None:
                     self.scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
                 self.scaler.step(optimizer)
                 self.scaler.update()
                 scheduler.step()
@@ -366,7 +369,8 @@ class Distiller:
                 if step % s.log_every_steps == 0 or step == total_steps:
                     watch.check(self._latest_checkpoint())
                     result.last_losses = self._log(step, out.terms, out.total.detach(),
-                                                   scheduler.get_last_lr()[0], weight)
+                                                   scheduler.get_last_lr()[0], weight,
+                                                   grad_norm)
                     bar.set_postfix(loss=f"{result.last_losses['total']:.4f}")
                 evaluated = bool(s.eval_every_steps and step % s.eval_every_steps == 0
                                  and eval_loader is not None)
