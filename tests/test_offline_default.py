@@ -241,3 +241,46 @@ def test_finetune_precision_picks_the_teacher_independently_of_the_student(tmp_p
     assert prepare("fp32", "auto").origin == "fine-tuned"  # an fp32 fine-tune is another one
     with pytest.raises(ConfigError, match="finetune_settings.precision='fp8'"):
         prepare("fp32", "fp8")
+
+
+def test_teacher_seed_keeps_one_teacher_across_student_seeds(tmp_path, monkeypatch):
+    """teacher.finetune_settings.seed pins the fine-tune (its key): students of other seeds
+    reuse it; without it the run's seed is the teacher's, as before."""
+    from functools import partial
+
+    from distillkit.data import TextClassificationData, synthetic_nli
+    from distillkit.engine import EngineSettings
+    from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
+
+    monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path))
+    data = TextClassificationData(partial(synthetic_nli, n_train=32, n_validation=8, n_test=0),
+                                  text_column="premise", text_pair_column="hypothesis",
+                                  labels=LABELS, max_length=16)
+    teacher = tiny_teacher(labels=LABELS)
+    data.tokenize(teacher.tokenizer)
+
+    def prepare(run_seed, teacher_seed):
+        engine = EngineSettings(device="cpu", progress=False, precision="fp32", seed=run_seed)
+        return prepare_teacher(teacher, "auto", FinetuneSettings(epochs=1, seed=teacher_seed),
+                               data, engine)
+
+    assert prepare(1, 5).origin == "fine-tuned"
+    assert prepare(2, 5).origin == "cache"  # another student seed, the same teacher
+    assert prepare(5, None).origin == "cache"  # no teacher seed: the run's seed is it
+    assert prepare(2, None).origin == "fine-tuned"
+    with pytest.raises(ConfigError, match=r"teacher.finetune_settings.seed must be an integer"):
+        FinetuneSettings.from_config({"seed": "abc"})
+
+
+@pytest.mark.e2e
+def test_teacher_seed_through_the_cli(tmp_path):
+    """The new head and the fine-tune follow the teacher's seed: a second student seed finds
+    the first run's teacher in the cache."""
+    args = [*TINY_RUN, "trainer.max_steps=2", "export_student=false",
+            "teacher.finetune_settings.seed=3"]
+    runs = [run_cli([*args, f"trainer.seed={seed}", f"hydra.run.dir={tmp_path / str(seed)}"],
+                    cwd=tmp_path) for seed in (1, 2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr[-2000:]
+    assert "fine-tuning teacher" in runs[0].stdout
+    assert "reusing fine-tuned teacher" in runs[1].stdout
+    assert len(list((tmp_path / "dk-cache" / "teachers").glob("*/config.json"))) == 1

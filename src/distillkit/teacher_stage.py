@@ -60,6 +60,9 @@ class FinetuneSettings:
         prototype_alpha: weight of the example's own domain in its prototype score.
         domain_loss_weight: weight of Meta-KD's domain-corruption term
             (:class:`~distillkit.losses.MetaTeacherLoss`); 0: none.
+        seed: the teacher's own seed (a new head's initialisation, the fine-tune's data
+            order and dropout); ``None``: ``trainer.seed``. Set it to train students of
+            several seeds (``trainer.seed``) against one and the same teacher.
     """
 
     epochs: int = 1
@@ -72,6 +75,7 @@ class FinetuneSettings:
     sample_weights: str = "none"
     prototype_alpha: float = 0.5
     domain_loss_weight: float = 0.0
+    seed: int | None = None
 
     @classmethod
     def from_config(cls, values: dict | None, where: str = "teacher") -> FinetuneSettings:
@@ -82,10 +86,18 @@ class FinetuneSettings:
             if getattr(settings, key) not in allowed:
                 raise ConfigError(f"{where}.finetune_settings.{key}={getattr(settings, key)!r} "
                                   f"is not one of {', '.join(allowed)}")
+        if settings.seed is not None and (isinstance(settings.seed, bool)
+                                          or not isinstance(settings.seed, int)):
+            raise ConfigError(f"{where}.finetune_settings.seed must be an integer or null "
+                              f"(null: trainer.seed), got {settings.seed!r}")
         if not settings.domain_loss_weight >= 0:
             raise ConfigError(f"{where}.finetune_settings.domain_loss_weight must be >= 0, got "
                               f"{settings.domain_loss_weight}")
         return settings
+
+    def engine(self, engine: EngineSettings) -> EngineSettings:
+        """The run's loop settings with the teacher's seed (when it has its own)."""
+        return engine if self.seed is None else dataclasses.replace(engine, seed=self.seed)
 
     def meta(self) -> bool:
         """Whether any Meta-KD setting is on (they then enter the cache key)."""
@@ -98,6 +110,7 @@ class FinetuneSettings:
         were before those settings existed)."""
         fields = dataclasses.asdict(self)
         fields.pop("precision")
+        fields.pop("seed")  # the resolved seed enters the key on its own
         if not self.meta():
             for key in ("domains", "sample_weights", "prototype_alpha", "domain_loss_weight"):
                 fields.pop(key)
@@ -240,6 +253,7 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
             log.warning("teacher '%s' has an untrained head and teacher.finetune=false: "
                         "its soft labels are noise", teacher.name)
         return teacher
+    engine = settings.engine(engine)
     tuned = dataclasses.replace(engine, precision=_precision(settings, engine))
     dtype = tuned.autocast_dtype(tuned.resolve_device())
     key = cache_key(teacher, data, settings, engine.seed, str(dtype or "fp32"))

@@ -19,6 +19,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from transformers import set_seed
 
 from distillkit.engine import EngineSettings
 from distillkit.errors import ConfigError, ModelError
@@ -34,6 +35,13 @@ def _stage_settings(spec: dict[str, Any], where: str) -> tuple[str | bool, Finet
     if mode not in MODES:
         raise ConfigError(f"{where}.finetune={mode!r} must be auto, true or false")
     return mode, FinetuneSettings.from_config(spec.pop("finetune_settings", None), where)
+
+
+def _seed_head(settings: FinetuneSettings) -> None:
+    """Seeds a teacher's new head with the teacher's own seed, when it has one (else the
+    run's seed, set by the caller, initialises it)."""
+    if settings.seed is not None:
+        set_seed(settings.seed)
 
 
 def _build_member(name: str, spec: dict[str, Any], labels: list[str]) -> ModelBundle:
@@ -66,6 +74,7 @@ def data_and_teacher(cfg: DictConfig, settings: EngineSettings,
     members = spec.pop("members", None)
     if members is None:
         mode, ft_settings = _stage_settings(spec, "teacher")
+        _seed_head(ft_settings)
         teacher: ModelBundle = instantiate(spec)(labels=data.labels)
         check(data, teacher)  # fail fast, before any tokenising or training
         data.tokenize(teacher.tokenizer)
@@ -76,7 +85,10 @@ def data_and_teacher(cfg: DictConfig, settings: EngineSettings,
     combine = instantiate(spec)  # partial: (members, labels) -> EnsembleTeacher
     stages = {str(n): _stage_settings(m, f"teacher.members.{n}") if isinstance(m, dict)
               else ("auto", FinetuneSettings()) for n, m in members.items()}
-    built = {str(n): _build_member(str(n), m, data.labels) for n, m in members.items()}
+    built = {}
+    for name, member_spec in members.items():
+        _seed_head(stages[str(name)][1])
+        built[str(name)] = _build_member(str(name), member_spec, data.labels)
     teacher = combine(members=built, labels=data.labels)
     check(data, teacher)
     data.tokenize(teacher.tokenizer)

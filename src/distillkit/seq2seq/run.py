@@ -76,7 +76,7 @@ def _build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     if ft.meta():
         raise ConfigError("teacher.finetune_settings domains/sample_weights/domain_loss_weight "
                           "(Meta-KD) apply to task=classification only; remove them")
-    set_seed(settings.seed)
+    set_seed(ft.engine(settings).seed)  # the teacher's seed, when it has its own
     teacher: ModelBundle = instantiate(teacher_cfg)()
     set_seed(settings.seed)  # the student starts alike in every run
     student: ModelBundle = instantiate(cfg.student)(teacher=teacher)

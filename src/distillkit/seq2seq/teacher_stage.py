@@ -95,6 +95,7 @@ def prepare_seq2seq_teacher(teacher: ModelBundle, mode: str | bool, settings: Fi
             log.warning("teacher '%s' was not trained on the task and teacher.finetune=false: "
                         "what it generates is noise", teacher.name)
         return teacher
+    engine = settings.engine(engine)
     tuned = dataclasses.replace(engine, precision=_precision(settings, engine))
     dtype = tuned.autocast_dtype(tuned.resolve_device())
     key = cache_key(teacher, data, settings, engine.seed, str(dtype or "fp32"))
