@@ -22,3 +22,15 @@ def test_experiment_header_and_launch_command_composes(path, compose_cfg):
     assert f"experiment={path.stem}" in overrides
     cfg = compose_cfg(overrides, return_hydra_config=True)
     assert cfg.loss is not None and cfg.trainer is not None
+
+
+@pytest.mark.parametrize("loss", ["kd", "mmd"])
+def test_bert4l_experiment_keeps_the_loss_given_beside_it(loss, compose_cfg):
+    """experiment=bert4l sets the student and its learning rate; the loss stays the user's
+    (loss=mmd brings its uniform mapping), so both sides of the comparison differ only there."""
+    cfg = compose_cfg(["experiment=bert4l", f"loss={loss}"])
+    assert cfg.student.hidden_size == 312 and cfg.student.num_layers == 4
+    assert cfg.trainer.optimizer.lr == 3e-4
+    assert cfg.trainer.max_steps == 1000
+    assert bool(cfg.loss.intermediate) == (loss == "mmd")
+    assert cfg.mapping._target_.endswith("uniform_mapping" if loss == "mmd" else "none_mapping")
