@@ -214,14 +214,11 @@ def test_teacher_cache_key_hashes_every_training_row(fake_snli):
     assert keys[0] != keys[1]
 
 
-def test_finetune_precision_picks_the_teacher_independently_of_the_student(tmp_path,
-                                                                           monkeypatch):
-    """A bf16 fine-tuned teacher is reused by an fp32 student run that asks for it."""
+def _stage_inputs(tmp_path, monkeypatch):
+    """Tiny tokenised data and a tiny teacher for the teacher stage, cached under tmp_path."""
     from functools import partial
 
     from distillkit.data import TextClassificationData, synthetic_nli
-    from distillkit.engine import EngineSettings
-    from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
 
     monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path))
     data = TextClassificationData(partial(synthetic_nli, n_train=32, n_validation=8, n_test=0),
@@ -229,6 +226,16 @@ def test_finetune_precision_picks_the_teacher_independently_of_the_student(tmp_p
                                   labels=LABELS, max_length=16)
     teacher = tiny_teacher(labels=LABELS)
     data.tokenize(teacher.tokenizer)
+    return data, teacher
+
+
+def test_finetune_precision_picks_the_teacher_independently_of_the_student(tmp_path,
+                                                                           monkeypatch):
+    """A bf16 fine-tuned teacher is reused by an fp32 student run that asks for it."""
+    from distillkit.engine import EngineSettings
+    from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
+
+    data, teacher = _stage_inputs(tmp_path, monkeypatch)
 
     def prepare(run_precision, finetune_precision):
         engine = EngineSettings(device="cpu", progress=False, precision=run_precision)
@@ -246,18 +253,10 @@ def test_finetune_precision_picks_the_teacher_independently_of_the_student(tmp_p
 def test_teacher_seed_keeps_one_teacher_across_student_seeds(tmp_path, monkeypatch):
     """teacher.finetune_settings.seed pins the fine-tune (its key): students of other seeds
     reuse it; without it the run's seed is the teacher's, as before."""
-    from functools import partial
-
-    from distillkit.data import TextClassificationData, synthetic_nli
     from distillkit.engine import EngineSettings
     from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
 
-    monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path))
-    data = TextClassificationData(partial(synthetic_nli, n_train=32, n_validation=8, n_test=0),
-                                  text_column="premise", text_pair_column="hypothesis",
-                                  labels=LABELS, max_length=16)
-    teacher = tiny_teacher(labels=LABELS)
-    data.tokenize(teacher.tokenizer)
+    data, teacher = _stage_inputs(tmp_path, monkeypatch)
 
     def prepare(run_seed, teacher_seed):
         engine = EngineSettings(device="cpu", progress=False, precision="fp32", seed=run_seed)
