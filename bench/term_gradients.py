@@ -20,7 +20,7 @@ import copy
 import logging
 
 import torch
-from _common import TINY, prepare, train_distillkit
+from _common import TINY, prepare, train_distillkit, without_teacher_logits
 from torch import nn
 
 
@@ -82,9 +82,8 @@ def main() -> None:
     student = copy.deepcopy(setup.built["student"].model)
     loss = TermGradients(copy.deepcopy(setup.built["loss"]), list(student.parameters()),
                          args.every)
-    batches = [{k: v for k, v in b.items() if k != "teacher_logits"} for b in setup.batches]
-    train_distillkit(setup, student, setup.built["teacher"].model, loss, batches, 0,
-                     args.steps - 1)
+    train_distillkit(setup, student, setup.built["teacher"].model, loss,
+                     without_teacher_logits(setup.batches), 0, args.steps - 1)
     header = f"{'step':>5s} {'total':>8s} {'prediction':>11s} {'intermediate':>13s}"
     lines = [f"gradient norms on the student's parameters, before clipping "
              f"(trainer.max_grad_norm={setup.settings.max_grad_norm}); overrides loss=mmd "

@@ -92,6 +92,10 @@ CASES: dict[str, Case] = {
         ["loss.alpha=high"],
         ["loss.alpha=high", "could not be converted to Float",
          "give loss.alpha a value of that type"], {}),
+    "teacher_seed_not_an_integer": lambda t: (
+        [*QUICK, "teacher.finetune_settings.seed=abc"],
+        ["teacher.finetune_settings.seed must be an integer or null", "(null: trainer.seed)",
+         "got 'abc'"], {}),
     "layer_pair_out_of_range": lambda t: (
         [*QUICK, "loss=mmd", "mapping=explicit", "mapping.pairs=[[0,0],[3,1]]"],
         ["mapping pair 1 (student 3, teacher 1) is out of range",

@@ -145,9 +145,9 @@ def stage_inputs(teacher: ModelBundle, data: TextClassificationData, settings: A
     """What the teacher stage trains on and with, for ``teacher.finetune_settings``.
 
     Returns:
-        The split role (:func:`training_role`), the loss (:class:`~distillkit.losses.MetaTeacherLoss`), the extra
-        loss columns of that split (``loss_sample_weight``, ``loss_domain``) and a summary
-        for ``finetune.json``.
+        The split role (:func:`training_role`), the loss
+        (:class:`~distillkit.losses.MetaTeacherLoss`), the extra loss columns of that split
+        (``loss_sample_weight``, ``loss_domain``) and a summary for ``finetune.json``.
     """
     role = training_role(data, settings)
     columns: dict[str, list] = {}
