@@ -96,6 +96,10 @@ CASES: dict[str, Case] = {
         [*QUICK, "teacher.finetune_settings.seed=abc"],
         ["teacher.finetune_settings.seed must be an integer or null", "(null: trainer.seed)",
          "got 'abc'"], {}),
+    "freeze_pattern_matches_nothing": lambda t: (
+        [*TINY_RUN, "teacher.finetune_settings.freeze=['encoder.*']"],
+        ["teacher.finetune_settings.freeze: pattern 'encoder.*' matches no parameter",
+         "bert.embeddings.word_embeddings.weight"], {}),
     "layer_pair_out_of_range": lambda t: (
         [*QUICK, "loss=mmd", "mapping=explicit", "mapping.pairs=[[0,0],[3,1]]"],
         ["mapping pair 1 (student 3, teacher 1) is out of range",

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from distillkit.checkpoint import (
     flat_config,
     load_checkpoint,
 )
-from distillkit.engine import Distiller, EngineSettings
+from distillkit.engine import Distiller, EngineSettings, freeze_parameters
 from distillkit.errors import ConfigError
 from distillkit.export_logits import ExportRequest, export_teacher_logits
 from distillkit.hparams import hparams_of, log_hparams
@@ -45,7 +46,7 @@ from distillkit.offline_logits import OfflineTeacher, check_offline, match_offli
 from distillkit.run_metrics import collect_metrics, evaluate_teacher, format_summary
 from distillkit.safety import check_config, opt_ins
 from distillkit.seq2seq.run import check_task, run_seq2seq
-from distillkit.teacher_outputs import attach_teacher_logits
+from distillkit.teacher_outputs import attach_teacher_logits, teacher_evaluation
 from distillkit.teachers import (
     check_student,
     data_and_teacher,
@@ -71,6 +72,15 @@ def engine_settings(trainer_cfg: DictConfig) -> EngineSettings:
     settings = EngineSettings(**{k: v for k, v in values.items() if k in names})
     settings.validate()
     return settings
+
+
+def _teacher_eval_cached(cfg: DictConfig, teacher: ModelBundle, dist: Any,
+                         settings: EngineSettings) -> bool:
+    """Whether the final evaluation reads the teacher's from its output cache: a single
+    teacher model in one process, with ``trainer.teacher_cache`` on (an ensemble evaluates
+    each member live; a data-parallel run evaluates every rank's shard)."""
+    return (teacher.model is not None and not isinstance(teacher, EnsembleTeacher)
+            and not dist.enabled and bool(cfg.trainer.get("teacher_cache", True)))
 
 
 def _stage(name: str) -> None:
@@ -267,6 +277,8 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
     writer = SummaryWriter(log_dir=str(out_dir / "tb"),
                            purge_step=resume_state["step"] + 1 if resume_state else None) \
         if dist.is_main else None
+    if cfg.trainer.get("freeze"):
+        freeze_parameters(student.model, list(cfg.trainer.freeze), "trainer.freeze")
     try:
         distiller = Distiller(
             student=student.model,
@@ -286,7 +298,11 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
 
         _stage("evaluate")  # the teacher as it was distilled from: in its own precision
         # (offline: no teacher model, None; an ensemble: each member's metrics as well)
-        teacher_metrics, member_metrics = evaluate_teacher(distiller, teacher, final_loader)
+        # a fixed teacher's evaluation is cached with its logits (computed once, then read)
+        cached = (partial(teacher_evaluation, teacher, data, final_role, settings)
+                  if _teacher_eval_cached(cfg, teacher, dist, settings) else None)
+        teacher_metrics, member_metrics = evaluate_teacher(distiller, teacher, final_loader,
+                                                           cached)
         student_metrics = distiller.evaluate(student.model, final_loader, desc="eval student")
         finals = {"teacher": teacher_metrics, "student": student_metrics,
                   **{f"teacher/{name}": m for name, m in member_metrics.items()}}

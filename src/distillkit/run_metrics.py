@@ -8,6 +8,7 @@ combine rule, the weights and each member's own accuracy, loss, parameters and s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,9 +17,17 @@ from distillkit.engine import Distiller, frozen
 from distillkit.models import EnsembleTeacher, ModelBundle, TeacherEnsemble, count_parameters
 
 
-def evaluate_teacher(distiller: Distiller, teacher: ModelBundle, loader: Any
+def evaluate_teacher(distiller: Distiller, teacher: ModelBundle, loader: Any,
+                     cached: Callable[[], dict] | None = None
                      ) -> tuple[dict | None, dict[str, dict]]:
     """The teacher as it was distilled from (in its own precision) on ``loader``.
+
+    Args:
+        distiller: the run's engine (device, precision, progress).
+        teacher: the teacher.
+        loader: the final split's batches.
+        cached: returns the teacher's evaluation from its output cache
+            (:func:`distillkit.teacher_outputs.teacher_evaluation`); None: a live evaluation.
 
     Returns:
         The teacher's metrics (None without a teacher model: ``teacher=offline``) and, for an
@@ -26,6 +35,8 @@ def evaluate_teacher(distiller: Distiller, teacher: ModelBundle, loader: Any
     """
     if teacher.model is None:
         return None, {}
+    if cached is not None:
+        return cached(), {}
     frozen(teacher.model, distiller.device, distiller.teacher_dtype)
     metrics = distiller.evaluate(teacher.model, loader, desc="eval teacher")
     members: dict[str, dict] = {}
@@ -123,8 +134,12 @@ def format_summary(metrics: dict[str, Any]) -> str:
         lines += _members_lines(metrics["ensemble"])
     lines.append(f"retention (student/teacher accuracy): {metrics['retention']:.4f}{where}")
     inf = metrics["inference"]
-    lines.append(f"inference speed-up on the same batches ({inf['device']}): "
-                 f"{inf['speedup']:.2f}x")
+    if inf["speedup"] is not None:
+        lines.append(f"inference speed-up on the same batches ({inf['device']}): "
+                     f"{inf['speedup']:.2f}x")
+    if t.get("evaluation") == "cache":
+        lines.append("teacher: evaluation read from the teacher-output cache (its inference "
+                     "seconds are those measured when it was computed)")
     if "precision" in inf:
         lines.append(f"precision: student {inf['precision']['student']}, teacher "
                      f"{inf['precision']['teacher']}")

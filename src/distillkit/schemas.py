@@ -47,9 +47,13 @@ class TrainerSchema(EngineSettings):
     ``checkpoint_every_steps``: write a resumable checkpoint to ``<run>/checkpoints/`` every N
     optimizer steps (and after each evaluation); null: no checkpoints. ``keep_checkpoints``:
     how many of the newest to keep (the best one is kept as well). See distillkit.checkpoint.
+
+    ``freeze``: parameter-name patterns of the student kept at their initial values
+    (distillkit.engine.freeze_parameters); empty: the whole student trains.
     """
 
     teacher_cache: bool = True
+    freeze: List[str] = field(default_factory=list)  # noqa: UP006
     checkpoint_every_steps: Optional[int] = None  # noqa: UP045
     keep_checkpoints: int = 2
 

@@ -22,9 +22,11 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from distillkit.assets import cache_root
 from distillkit.data import TextClassificationData
@@ -130,19 +132,54 @@ def _cached_ensemble(ensemble: EnsembleTeacher, members: dict[str, ModelBundle],
 
 def _load_or_compute(teacher: ModelBundle, data: TextClassificationData, role: str,
                      path: Path, settings: EngineSettings) -> tuple[np.ndarray, str]:
-    """The split's logits from ``path``, or computed now and cached there; and which it was."""
+    """The split's logits from ``path``, or computed now and cached there; and which it was.
+
+    Beside ``<key>.npy`` a ``<key>.json`` records the seconds the teacher's forward passes
+    took when the logits were computed (what :func:`teacher_evaluation` reports as the
+    teacher's inference time).
+    """
     if path.is_file():
         logits = np.load(path, mmap_mode="r")
         log.info("teacher logits for '%s' (%d x %d) read from cache %s: no teacher pass",
                  role, *logits.shape, path)
         return logits, "cache"
     start = time.perf_counter()
-    logits = compute_logits(teacher, data, role, settings)
+    logits, seconds = _timed_logits(teacher, data, role, settings)
+    timing = json.dumps({"role": role, "examples": len(logits),
+                         "forward_seconds": round(seconds, 3)}).encode()
+    write_file(path.with_suffix(".json"), lambda fh: fh.write(timing))
     write_file(path, lambda fh, a=logits: np.save(fh, a))
     log.info("teacher logits for '%s' (%d x %d) computed in %.0fs, cached at %s",
              role, *logits.shape, time.perf_counter() - start, path)
     del logits  # from here on the split's logits are read from disk, like a cache hit
     return np.load(path, mmap_mode="r"), "computed"
+
+
+def teacher_evaluation(teacher: ModelBundle, data: TextClassificationData, role: str,
+                       settings: EngineSettings) -> dict[str, Any]:
+    """The teacher's accuracy and mean cross-entropy on a split, from its cached logits.
+
+    A fixed teacher gives the same logits on the same token ids every time, so its evaluation
+    is computed once with the logits (the same cache key, in the same precision) and read back
+    by every later run: the values equal a live evaluation's (same forward passes), and
+    ``seconds`` is the forward time measured when the logits were computed.
+
+    Returns:
+        ``accuracy``, ``loss``, ``examples``, ``seconds`` (as :func:`distillkit.engine.evaluate`)
+        and ``evaluation``: ``cache`` or ``computed`` (where it came from).
+    """
+    device = settings.resolve_device()
+    key = _key(_weights_digest(teacher), data, role, settings.teacher_dtype(device))
+    logits, source = _cached(teacher, data, role, key, settings)
+    labels = torch.as_tensor(np.asarray(data.tokenized[role]["labels"]), dtype=torch.long)
+    scores = torch.from_numpy(np.array(logits, dtype=np.float32))
+    loss = F.cross_entropy(scores.double(), labels, reduction="sum").item()
+    timing = _path(key).with_suffix(".json")
+    seconds = json.loads(timing.read_text())["forward_seconds"] if timing.is_file() else None
+    examples = max(len(labels), 1)
+    return {"accuracy": (scores.argmax(-1) == labels).sum().item() / examples,
+            "loss": loss / examples, "examples": len(labels), "seconds": seconds,
+            "evaluation": source}
 
 
 def compute_logits(teacher: ModelBundle, data: TextClassificationData, role: str,
@@ -153,13 +190,22 @@ def compute_logits(teacher: ModelBundle, data: TextClassificationData, role: str
     a GPU out-of-memory) on the run's device, the teacher's weights cast to
     ``trainer.teacher_precision``; float32, shape ``(examples, labels)``.
     """
+    return _timed_logits(teacher, data, role, settings)[0]
+
+
+def _timed_logits(teacher: ModelBundle, data: TextClassificationData, role: str,
+                  settings: EngineSettings) -> tuple[np.ndarray, float]:
+    """:func:`compute_logits` and the seconds its forward passes took (batches built
+    beforehand, as in :func:`distillkit.engine.evaluate`)."""
     device = settings.resolve_device()
     model = frozen(teacher.model, device, settings.teacher_dtype(device))
     batch_size = inference_batch_size(settings, device)
     while True:
         loader = data.loader(role, batch_size, num_workers=settings.num_workers)
+        batches = list(loader)
+        start = time.perf_counter()
         try:  # the longest batches come first, so a batch too large fails at once
-            logits = predict_logits(model, loader, device, desc=f"teacher logits {role}",
+            logits = predict_logits(model, batches, device, desc=f"teacher logits {role}",
                                     progress=settings.progress).numpy()
             break
         except torch.OutOfMemoryError:
@@ -168,7 +214,9 @@ def compute_logits(teacher: ModelBundle, data: TextClassificationData, role: str
             batch_size //= 2
             torch.cuda.empty_cache()
             log.info("teacher logits: out of memory, retrying with batch size %d", batch_size)
-    return restore_order(loader.batch_sampler, logits)  # length-sorted batches
+    seconds = time.perf_counter() - start
+    logits = restore_order(loader.batch_sampler, logits)  # length-sorted batches
+    return logits, seconds
 
 
 def inference_batch_size(settings: EngineSettings, device: torch.device) -> int:

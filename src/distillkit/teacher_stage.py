@@ -26,7 +26,7 @@ from transformers import set_seed
 
 from distillkit.assets import cache_root
 from distillkit.data import TextClassificationData
-from distillkit.engine import Distiller, EngineSettings
+from distillkit.engine import Distiller, EngineSettings, freeze_parameters
 from distillkit.engine.settings import PRECISIONS
 from distillkit.errors import ConfigError, known_keys
 from distillkit.io import write_dir, write_json
@@ -63,6 +63,9 @@ class FinetuneSettings:
         seed: the teacher's own seed (a new head's initialisation, the fine-tune's data
             order and dropout); ``None``: ``trainer.seed``. Set it to train students of
             several seeds (``trainer.seed``) against one and the same teacher.
+        freeze: parameter-name patterns (:func:`distillkit.engine.freeze_parameters`) kept
+            at their pretrained values: no gradient, no optimizer state, and no backward pass
+            below the lowest trained layer. Empty: every parameter trains.
     """
 
     epochs: int = 1
@@ -76,6 +79,7 @@ class FinetuneSettings:
     prototype_alpha: float = 0.5
     domain_loss_weight: float = 0.0
     seed: int | None = None
+    freeze: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_config(cls, values: dict | None, where: str = "teacher") -> FinetuneSettings:
@@ -90,6 +94,11 @@ class FinetuneSettings:
                                           or not isinstance(settings.seed, int)):
             raise ConfigError(f"{where}.finetune_settings.seed must be an integer or null "
                               f"(null: trainer.seed), got {settings.seed!r}")
+        if not isinstance(settings.freeze, list | tuple) or not all(
+                isinstance(p, str) and p for p in settings.freeze):
+            raise ConfigError(f"{where}.finetune_settings.freeze must be a list of parameter-name "
+                              f"patterns (e.g. ['*.embeddings.*']), got {settings.freeze!r}")
+        settings.freeze = list(settings.freeze)
         if not settings.domain_loss_weight >= 0:
             raise ConfigError(f"{where}.finetune_settings.domain_loss_weight must be >= 0, got "
                               f"{settings.domain_loss_weight}")
@@ -111,6 +120,8 @@ class FinetuneSettings:
         fields = dataclasses.asdict(self)
         fields.pop("precision")
         fields.pop("seed")  # the resolved seed enters the key on its own
+        if not self.freeze:  # keys of fully trained teachers stay as they were
+            fields.pop("freeze")
         if not self.meta():
             for key in ("domains", "sample_weights", "prototype_alpha", "domain_loss_weight"):
                 fields.pop(key)
@@ -182,6 +193,9 @@ def _finetune(teacher: ModelBundle, model: torch.nn.Module, data: TextClassifica
         role, loss, columns, meta = stage_inputs(teacher, data, settings, engine)
         info["meta"] = meta
     distiller, loop = label_trainer(model, loss, settings, engine)
+    if settings.freeze:
+        frozen_count = freeze_parameters(model, settings.freeze, "teacher.finetune_settings.freeze")
+        info["frozen_parameters"] = frozen_count
     train = data.loader(role, loop.batch_size, shuffle=True, seed=loop.seed,
                         num_workers=loop.num_workers, by_length=loop.group_by_length,
                         columns=columns)
