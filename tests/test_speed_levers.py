@@ -66,6 +66,8 @@ def test_freeze_patterns_are_checked():
     with pytest.raises(ConfigError, match="freezes every parameter"):
         freeze_parameters(model, ["*"], "trainer.freeze")
     assert all(p.requires_grad for p in model.parameters())  # nothing half-frozen
+    with pytest.raises(ConfigError, match="finetune_settings.freeze must be a list"):
+        FinetuneSettings.from_config({"freeze": "bert.*"})
 
 
 @pytest.mark.e2e

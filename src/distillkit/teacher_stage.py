@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -94,8 +95,8 @@ class FinetuneSettings:
                                           or not isinstance(settings.seed, int)):
             raise ConfigError(f"{where}.finetune_settings.seed must be an integer or null "
                               f"(null: trainer.seed), got {settings.seed!r}")
-        if not isinstance(settings.freeze, list | tuple) or not all(
-                isinstance(p, str) and p for p in settings.freeze):
+        if isinstance(settings.freeze, str) or not isinstance(settings.freeze, Sequence) \
+                or not all(isinstance(p, str) and p for p in settings.freeze):
             raise ConfigError(f"{where}.finetune_settings.freeze must be a list of parameter-name "
                               f"patterns (e.g. ['*.embeddings.*']), got {settings.freeze!r}")
         settings.freeze = list(settings.freeze)
