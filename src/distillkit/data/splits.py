@@ -5,7 +5,8 @@ seeded, stratified share of the training file becomes the validation split
 (``data.validation_fraction``, ``data.split_seed``); without a test file
 (``data.optional_test``), the final evaluation is on the validation split. Carving is
 deterministic: the same file, fraction and seed always give the same rows, in file order, so
-the teacher-stage cache key (which hashes the train split's rows) stays the same.
+the teacher-stage cache key (which hashes the train split's rows) stays the same. Without a
+``data.id_column``, row ids (offline teacher logits) are positions within the carved splits.
 """
 
 from __future__ import annotations
