@@ -104,8 +104,9 @@ def _members_lines(ensemble: dict[str, Any]) -> list[str]:
 
 
 def _final_split(metrics: dict[str, Any]) -> str:
-    """Where the final numbers come from, e.g. ``test split`` or, without a test split,
-    ``validation split (carved from train) - no test split: validation accuracy``."""
+    """Where the final numbers come from: ``test split`` or, without a test split, e.g.
+    ``validation split (carved from train: 10%) - no test split: these are validation
+    accuracies``."""
     splits = metrics["splits"]
     name = f"{metrics['eval_split']} split"
     if splits["final_role"] == "test":
