@@ -63,6 +63,12 @@ def _files(tmp: Path, name: str, body: str) -> list[str]:
                  f"data.source.validation={tmp / name}")
 
 
+def _train_file_only(tmp: Path, *overrides: str) -> list[str]:
+    (tmp / "train.jsonl").write_text("".join(
+        f'{{"text": "t {i}", "label": "{"ab"[i % 2]}"}}\n' for i in range(20)))
+    return _with("data=files", f"data.source.train={tmp / 'train.jsonl'}", *overrides)
+
+
 def _saved_model(tmp: Path, labels: list[str], words: list[str] | None = None) -> Path:
     bundle = tiny_teacher(labels=labels, **({"words": words} if words else {}))
     bundle.model.save_pretrained(tmp / "model")
@@ -116,6 +122,11 @@ CASES: dict[str, Case] = {
         _with("data=files", f"data.source.train={t / 'nope.jsonl'}"),
         [f"data file not found: {t / 'nope.jsonl'}", "check the path in data.source.train"],
         {}),
+    "no_validation_split_and_no_carving": lambda t: (
+        _train_file_only(t, "data.validation_fraction=0"),
+        ["split 'validation' (data.eval_split) not found; the data has: train",
+         "data.source.validation=<file>", "data.validation_fraction=0.1",
+         "data.eval_split=<one of them>"], {}),
     "missing_column": lambda t: (
         _files(t, "t.jsonl", '{"sentence": "a b", "label": "x"}\n'),
         ["column 'text' (data.text_column) not in split 'train'",

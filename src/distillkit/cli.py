@@ -1,8 +1,8 @@
 """Command line: ``python -m distillkit [overrides]`` (a Hydra app) and its subcommands.
 
-``distillkit fetch`` (offline assets), ``distillkit report <sweep-dir>`` (sweep summary) and
+``distillkit fetch`` (offline assets), ``distillkit report <sweep-dir>`` (sweep summary),
 ``distillkit reproduce <run-dir>`` (re-run a saved run from its ``.hydra/config.yaml`` and
-compare the metrics).
+compare the metrics) and ``distillkit predict <run-dir> <file>`` (the student on new text).
 """
 
 from __future__ import annotations
@@ -160,6 +160,10 @@ def main() -> None:
         from distillkit.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
+    if command == "predict":
+        from distillkit.predict import main as predict_main
+
+        sys.exit(predict_main(sys.argv[2:]))
     if command == "reproduce":
         from distillkit.reproduce import main as reproduce_main
 

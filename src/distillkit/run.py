@@ -271,6 +271,8 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
                                by_length=settings.group_by_length, **loading)
     eval_loader = data.loader("eval", settings.eval_batch_size, **loading)
     final_role = "test" if data.has_split("test") else "eval"
+    log.info("final evaluation on split '%s' (%s)", data.split_names[final_role],
+             "the test split" if final_role == "test" else "no test split: the eval split")
     final_loader = data.loader(final_role, settings.eval_batch_size, **loading)
 
     # a resumed run drops the events logged after its checkpoint, then logs them again

@@ -80,6 +80,10 @@ def collect_metrics(teacher: ModelBundle, student: ModelBundle, data: Any, final
         "params": {"teacher": None if teacher.model is None else count_parameters(teacher.model),
                    "student": count_parameters(student.model)},
         "eval_split": data.split_names[final_role],
+        # which split played which role; final_role "eval": no test split, the final numbers
+        # are validation numbers; carved: the validation split cut from train (data.splits)
+        "splits": {**{role: data.split_names[role] for role in ("train", "eval", "test")},
+                   "final_role": final_role, "carved": data.carved},
         "inference": {
             "device": str(distiller.device),
             "precision": {"student": str(distiller.autocast_dtype or torch.float32),
@@ -110,6 +114,20 @@ def _members_lines(ensemble: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _final_split(metrics: dict[str, Any]) -> str:
+    """Where the final numbers come from: ``test split`` or, without a test split, e.g.
+    ``validation split (carved from train: 10%) - no test split: these are validation
+    accuracies``."""
+    splits = metrics["splits"]
+    name = f"{metrics['eval_split']} split"
+    if splits["final_role"] == "test":
+        return name
+    carved = splits["carved"]
+    if carved is not None:
+        name += f" (carved from {carved['from']}: {carved['fraction']:.0%})"
+    return f"{name} - no test split: these are validation accuracies"
+
+
 def format_summary(metrics: dict[str, Any]) -> str:
     """The summary table the run logs at its end."""
     t, s = metrics["teacher"], metrics["student"]
@@ -125,7 +143,7 @@ def format_summary(metrics: dict[str, Any]) -> str:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    where = f"  [{metrics['eval_split']} split, {s['examples']} examples]"
+    where = f"  [{_final_split(metrics)}, {s['examples']} examples]"
     if metrics["retention"] is None:  # teacher=offline
         lines.append(f"teacher: {t.get('source', 'offline logits file')} (no teacher model: "
                      f"no teacher accuracy, retention or speed-up){where}")

@@ -86,6 +86,10 @@ class DataSchema:
     id_column: Optional[str] = None  # noqa: UP045 - null: row index within the split
     domain_column: Optional[str] = None  # noqa: UP045 - multi-domain data (Meta-KD)
     domain: Optional[str] = None  # noqa: UP045 - target domain: every split keeps its rows
+    # Splits the source may lack (data=files; distillkit.data.splits, docs/own-data.md):
+    validation_fraction: float = 0.0  # no eval split: carve this share of train (0: error)
+    split_seed: int = 0  # seed of that stratified carving (not trainer.seed)
+    optional_test: bool = False  # no test split: the final evaluation is on the eval split
 
 
 @dataclass

@@ -17,6 +17,7 @@ from distillkit.data.sampling import (
     ShardedBatchSampler,
     SortedBatchSampler,
 )
+from distillkit.data.splits import resolve_splits
 from distillkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,12 @@ class TextClassificationData:
         domain: the target domain: every split keeps only its rows, and the train split with
             every domain stays available as the ``all_train`` role (what a meta-teacher
             trains on, ``teacher.finetune_settings.domains=all``). Needs ``domain_column``.
+        validation_fraction: when the source has no ``eval_split``, carve this share of the
+            train split into it (seeded, stratified by label; 0: never, a missing split is an
+            error). See :mod:`distillkit.data.splits`.
+        split_seed: seed of that carving.
+        optional_test: a ``test_split`` the source lacks is no error: the final evaluation is
+            then on the eval split (``data=files`` without a test file).
     """
 
     def __init__(
@@ -77,6 +84,9 @@ class TextClassificationData:
         id_column: str | None = None,
         domain_column: str | None = None,
         domain: str | None = None,
+        validation_fraction: float = 0.0,
+        split_seed: int = 0,
+        optional_test: bool = False,
     ) -> None:
         if domain is not None and domain_column is None:
             raise DataError(f"data.domain={domain} needs data.domain_column (the column that "
@@ -94,6 +104,8 @@ class TextClassificationData:
                             "transfer": transfer_split}
         if self.domain is not None:  # the train split of every domain, for a meta-teacher
             self.split_names["all_train"] = train_split
+        self._splitting = (float(validation_fraction), int(split_seed), bool(optional_test))
+        self.carved: dict | None = None  # the validation split carved from train, if any
         self.max_length = int(max_length)
         self.limits = {"train": max_train_samples, "eval": max_eval_samples,
                        "test": max_eval_samples, "transfer": max_transfer_samples,
@@ -111,14 +123,11 @@ class TextClassificationData:
         if self.raw:
             return
         data = self._source() if callable(self._source) else self._source
+        data, self.carved = resolve_splits(data, self.split_names, self.label_column,
+                                           *self._splitting)
         for role, split in self.split_names.items():
             if split is None:
                 continue
-            if split not in data:
-                raise DataError(
-                    f"split '{split}' (data.{role}_split) not found; available: "
-                    f"{', '.join(data)}"
-                )
             self.raw[role] = self._check_columns(data[split], split,
                                                  need_label=role != "transfer")
         if self._labels is None:
