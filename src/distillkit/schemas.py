@@ -141,12 +141,14 @@ class ExportSchema:
 
     ``split``: a split role (train, eval, test, transfer) or a split name of the data;
     ``path``: the file (null: ``<run dir>/teacher_logits_<split>.<ext>``); ``format``: tsv or
-    parquet (null: from the extension of ``path``; tsv without one).
+    parquet (null: from the extension of ``path``; tsv without one); ``overwrite``: replace an
+    existing file at ``path`` (false: refused before any teacher work).
     """
 
     split: str = "train"
     path: Optional[str] = None  # noqa: UP045
     format: Optional[str] = None  # noqa: UP045
+    overwrite: bool = False
 
 
 def register_schemas() -> None:
