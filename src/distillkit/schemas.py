@@ -82,6 +82,10 @@ class DataSchema:
     id_column: Optional[str] = None  # noqa: UP045 - null: row index within the split
     domain_column: Optional[str] = None  # noqa: UP045 - multi-domain data (Meta-KD)
     domain: Optional[str] = None  # noqa: UP045 - target domain: every split keeps its rows
+    # bad data (distillkit.data.checks): local files' text encoding; drop empty texts (else
+    # refused with their rows)
+    encoding: str = "utf-8"
+    drop_empty: bool = False
 
 
 @dataclass
@@ -133,6 +137,7 @@ class Seq2SeqDataSchema:
     max_eval_samples: Optional[int] = None  # noqa: UP045
     metric: str = "exact_match"  # exact_match | bleu | chrf
     eval_num_beams: int = 1
+    encoding: str = "utf-8"  # local files' text encoding (distillkit.data.checks)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from distillkit.data.checks import check_texts, inferred_labels, text_encoding
 from distillkit.data.logit_rows import WithTeacherLogits
 from distillkit.data.sampling import (
     LengthGroupedBatchSampler,
@@ -56,6 +57,10 @@ class TextClassificationData:
         domain: the target domain: every split keeps only its rows, and the train split with
             every domain stays available as the ``all_train`` role (what a meta-teacher
             trains on, ``teacher.finetune_settings.domains=all``). Needs ``domain_column``.
+        encoding: text encoding of local data files (``data.encoding``).
+        drop_empty: drop rows with an empty or whitespace-only text with a warning instead of
+            refusing them (then row indices count the kept rows). See
+            :mod:`distillkit.data.checks`.
     """
 
     def __init__(
@@ -77,11 +82,14 @@ class TextClassificationData:
         id_column: str | None = None,
         domain_column: str | None = None,
         domain: str | None = None,
+        encoding: str = "utf-8",
+        drop_empty: bool = False,
     ) -> None:
         if domain is not None and domain_column is None:
             raise DataError(f"data.domain={domain} needs data.domain_column (the column that "
                             "names each row's domain)")
         self._source = source
+        self.encoding, self.drop_empty = encoding, bool(drop_empty)
         self.text_column = text_column
         self.text_pair_column = text_pair_column
         self.label_column = label_column
@@ -110,7 +118,8 @@ class TextClassificationData:
         """Loads the raw splits, checks columns and resolves the label list (idempotent)."""
         if self.raw:
             return
-        data = self._source() if callable(self._source) else self._source
+        with text_encoding(self.encoding):
+            data = self._source() if callable(self._source) else self._source
         for role, split in self.split_names.items():
             if split is None:
                 continue
@@ -119,8 +128,10 @@ class TextClassificationData:
                     f"split '{split}' (data.{role}_split) not found; available: "
                     f"{', '.join(data)}"
                 )
-            self.raw[role] = self._check_columns(data[split], split,
-                                                 need_label=role != "transfer")
+            ds = self._check_columns(data[split], split, need_label=role != "transfer")
+            self.raw[role] = check_texts(  # null / empty texts (distillkit.data.checks)
+                ds, self._text_columns(), split, self.drop_empty,
+                self._label_names(ds) if role != "transfer" else None, self.drop_labels)
         if self._labels is None:
             self._labels = self._infer_labels(self.raw["train"])
             log.info("labels inferred from the train split: %s", self._labels)
@@ -198,7 +209,7 @@ class TextClassificationData:
         feature = ds.features[self.label_column]
         if isinstance(feature, ClassLabel):
             return [n for n in feature.names if n not in self.drop_labels]
-        return sorted(set(self._label_names(ds)) - self.drop_labels)
+        return inferred_labels(self._label_names(ds), self.drop_labels, self.split_names["train"])
 
     def _encode_labels(self, ds: Dataset, label2id: dict[str, int],
                        split: str) -> tuple[Dataset, list[int]]:
