@@ -78,6 +78,7 @@ REFUSED = [
     ({"teacher": {"trust_remote_code": True}},
      r"teacher.trust_remote_code=True comes from a config file.*teacher.trust_remote_code=true"),
     ({"hydra": {"launcher": {"partition": "gpu\ntouch x #"}}}, r"holds a line break"),
+    ({"hydra": {"sweep": {"dir": "out\rtouch x"}}}, r"hydra.sweep.dir=.*holds a line break"),
 ]
 
 

@@ -94,6 +94,10 @@ REFUSED = {
         ["teacher._args_.0 is set by", "distillkit's factories take keyword arguments"]),
     "allow_targets": ({EXP: "allow_targets: [torch.]\n"}, [],
                       ["allow_targets.0 is set by", "only the command line opts code in"]),
+    "export_overwrite": ({EXP: "mode: export_logits\nexport:\n  path: /tmp/x.tsv\n"
+                                "  overwrite: true\n"}, [],
+                         ["export.overwrite is set by", "could name any file as export.path",
+                          "give it on the command line (export.overwrite=...)"]),
     "job_name_path": ({EXP: "hydra:\n  job:\n    name: ../../.bashrc\n"}, [],
                       ["hydra.job.name is set by", "outside the run directory"]),
     "output_subdir_path": ({EXP: "hydra:\n  output_subdir: /tmp/elsewhere\n"}, [],
@@ -130,6 +134,9 @@ ALLOWED = {
     "args_of_torch": ({EXP: "loss:\n  projection:\n    _args_: [4, 4]\n"},
                       ["experiment=evil", "loss=mmd"]),
     "empty_allow_targets": ({EXP: "allow_targets: []\n"}, ["experiment=evil"]),
+    "export_overwrite_false": ({EXP: "export:\n  overwrite: false\n"}, ["experiment=evil"]),
+    "export_overwrite_on_cli": ({EXP: "export:\n  path: /tmp/x.tsv\n"},
+                                ["experiment=evil", "export.overwrite=true"]),
     "plain_job_name": ({EXP: "hydra:\n  job:\n    name: mine\n  output_subdir: .meta\n"},
                        ["experiment=evil"]),
     "sweep_values": ({EXP: "hydra:\n  sweeper:\n    params:\n      loss.alpha: 0.1,0.2\n"},
@@ -155,3 +162,29 @@ def test_the_sweepers_job_overrides_are_checked_against_the_command_line():
         with pytest.raises(UnsafeConfigError, match="not from the command line"):
             check_overrides([override], argv)
     check_overrides(["allow_targets=[torch.]"], OptIns(keys=frozenset({"allow_targets"})))
+
+
+def test_a_sweep_job_composed_in_another_process_is_checked(tmp_path):
+    """What a joblib worker or a SLURM task does: compose a job from the master config
+    without the CLI's guard (importing distillkit.cli installed the sweep guard)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from distillkit.schemas import register_schemas
+
+    register_schemas()
+    search = _shared(tmp_path, {
+        "extra/evil.yaml": "# @package _global_\nhydra:\n  job:\n    env_set:\n      X: '1'\n",
+        "extra/fine.yaml": "# @package _global_\nloss:\n  alpha: 0.25\n"})
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            master = compose("config", overrides=[search], return_hydra_config=True)
+            loader = GlobalHydra.instance().config_loader()
+            assert loader.load_sweep_config(master, ["+extra=fine"]).loss.alpha == 0.25
+            with pytest.raises(UnsafeConfigError, match="hydra.job.env_set.X is set by extra"):
+                loader.load_sweep_config(master, ["+extra=evil"])
+            with pytest.raises(UnsafeConfigError, match="not from the command line"):
+                loader.load_sweep_config(master, ["+hydra.job.env_set.X=1"])
+    finally:
+        GlobalHydra.instance().clear()

@@ -14,8 +14,9 @@ run's values, but not:
   ``storage`` and ``custom_search_space``;
 * a callback other than distillkit's own; ``_args_`` of a distillkit factory (positional
   arguments; the security-relevant parameters are keyword-only as well); a non-empty
-  ``allow_targets``; ``hydra.job.name`` or ``hydra.output_subdir`` that leave the run
-  directory; sweeper ``params`` over any of these keys (a sweep applies them as overrides).
+  ``allow_targets``; ``export.overwrite=true`` (the file also names ``export.path``);
+  ``hydra.job.name`` or ``hydra.output_subdir`` that leave the run directory; sweeper
+  ``params`` over any of these keys (a sweep applies them as overrides).
 
 The same keys given on the command line are the user's own choice and stay allowed; each
 refusal says how to give the key there.
@@ -50,6 +51,10 @@ SENSITIVE = {
     "hydra.sweeper.custom_search_space": "the Optuna sweeper imports and calls it",
     OPT_IN_KEY: "only the command line opts code in",
 }
+# config path -> why a file may not set it *true* (false is the default, and what saved runs hold)
+SENSITIVE_IF_TRUE = {
+    "export.overwrite": "a shared file could name any file as export.path and replace it",
+}
 SWEEP_PARAMS = ("hydra.sweeper.params.", "hydra.sweeper.search_space.")
 _PLAIN_NAME = re.compile(r"[\w.-]+\Z")
 
@@ -59,6 +64,8 @@ def sensitive(path: str) -> tuple[str, str] | None:
     for root, why in SENSITIVE.items():
         if path == root or path.startswith(root + "."):
             return root, why
+    if path in SENSITIVE_IF_TRUE:
+        return path, SENSITIVE_IF_TRUE[path]
     return None
 
 
@@ -90,6 +97,9 @@ def _target_of(cfg: DictConfig, node: str, context: str) -> object | None:
 def _check_leaf(path: str, source: str, cfg: DictConfig, opted: OptIns) -> None:
     parts = path.split(".")
     rule = sensitive(path)
+    if path in SENSITIVE_IF_TRUE and not OmegaConf.select(
+            cfg, path, default=False, throw_on_resolution_failure=False):
+        rule = None  # set to false: what it is anyway
     if rule is not None:
         root, why = rule
         if not covered(path, root, opted.keys):
