@@ -154,6 +154,15 @@ CASES: dict[str, Case] = {
             + '{"text": "t40", "label": "Pos"}\n'),
         ["labels inferred from split 'train'", "'Pos' in 1 row: 40",
          "while 'neg' is in 20", "data.labels=[neg,pos]", "data.drop_labels=[Pos]"], {}),
+    "log_file_in_a_missing_directory": lambda t: (
+        [*QUICK, f"hydra.job_logging.handlers.file.filename={t / 'nodir' / 'x.log'}"],
+        ["Hydra could not set up the run", "Unable to configure handler 'file'",
+         f"{t / 'nodir' / 'x.log'}", "hydra.job_logging"], {}),
+    "callback_with_wrong_arguments": lambda t: (
+        [*QUICK, "+hydra.callbacks.bad._target_=distillkit.sweep.SweepSummary",
+         "+hydra.callbacks.bad.every=1"],
+        ["Hydra could not set up the run", "distillkit.sweep.SweepSummary",
+         "takes no arguments", "hydra.callbacks"], {}),
     "logits_file_mismatch": lambda t: (
         _logits_file(t, classes=2),
         ["two.tsv has 2 logits per row but data.labels has 3",

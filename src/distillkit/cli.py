@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from distillkit import distributed_hydra  # noqa: F401 - registers ${distillkit.rank0:...}
 from distillkit.compose_guard import current_opt_ins, guarded, install_sweep_guard
 from distillkit.errors import DistillkitError
+from distillkit.hydra_setup import reported, task_started
 from distillkit.schemas import register_schemas
 
 log = logging.getLogger("distillkit")
@@ -84,6 +85,7 @@ def _task(cfg: DictConfig) -> float:
     and the summary lists it; a single run exits non-zero.
     """
     global LAST_RUN_DIR
+    task_started()  # Hydra's set-up is done: failures from here on are the run's
     from distillkit.distributed_hydra import prepare_job
     from distillkit.run import run  # heavy imports only once the config composed
     from distillkit.sweep import clear_failure, record_failure
@@ -156,7 +158,9 @@ def _app(argv: list[str]) -> None:
         raise SystemExit(2)
     register_schemas()
     sys.argv = [sys.argv[0], *argv]
-    with guarded(argv, config_dir()):  # every composed config is checked before Hydra uses it
+    # every composed config is checked before Hydra uses it; a failure of Hydra's own set-up
+    # (logging, callbacks, run directory) is one error line like any other
+    with guarded(argv, config_dir()), reported():
         hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_task)()
 
 
