@@ -1,12 +1,17 @@
 """What happens between Hydra composing a config and anything using it.
 
-Hydra instantiates ``hydra.callbacks`` and the launcher, and creates the run directory, before
-the task function runs. So the allow-list of :mod:`distillkit.safety` is checked where Hydra
-composes: while :func:`guarded` is active, every config Hydra composes in this process (the
-run's and each sweep job's) passes :func:`~distillkit.safety.check_config` first, with the
-opt-ins of the command line. A refused config, or one that does not compose (unknown option,
-typo'd key, wrong type, bad override syntax), ends the command with one ``error:`` line that
-names the culprit and a fix, and exit code 2, before anything is created or written.
+Hydra instantiates ``hydra.callbacks`` and the launcher, configures logging, applies
+``hydra.job.env_set`` and creates the run directory before the task function runs. So the
+checks are made where Hydra composes: while :func:`guarded` is active, every config Hydra
+composes in this process (the run's, the sweep's and each sweep job's) passes
+:func:`check_composed` first: what its untrusted files set (:mod:`distillkit.shared_files`;
+the files are recorded as Hydra loads them, with their source), what a sweeper added that the
+command line did not, and what its targets are (:mod:`distillkit.safety`), with the opt-ins of
+the command line. :func:`install_sweep_guard` does the same for sweep jobs composed in other
+processes (joblib workers, SLURM tasks). A refused config, or one that does not compose
+(unknown option, typo'd key, wrong type, bad override syntax), ends the command with one
+``error:`` line that names the culprit and a fix, and exit code 2, before anything is created
+or written.
 """
 
 from __future__ import annotations
