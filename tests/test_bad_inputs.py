@@ -57,8 +57,8 @@ def _with(*overrides: str) -> list[str]:
     return [a for a in QUICK if a.split("=")[0] not in groups] + list(overrides)
 
 
-def _files(tmp: Path, name: str, body: str) -> list[str]:
-    (tmp / name).write_text(body)
+def _files(tmp: Path, name: str, body: str, encoding: str = "utf-8") -> list[str]:
+    (tmp / name).write_text(body, encoding=encoding)
     return _with("data=files", f"data.source.train={tmp / name}",
                  f"data.source.validation={tmp / name}")
 
@@ -145,6 +145,39 @@ CASES: dict[str, Case] = {
     "malformed_csv_line": lambda t: (
         _files(t, "bad.csv", "text,label\nfine,x\nshort\n"),
         [f"{t / 'bad.csv'}:3: expected 2 fields (text, label)", "fix that line"], {}),
+    "non_utf8_file": lambda t: (
+        _files(t, "latin.jsonl", '{"text": "ok", "label": "x"}\n{"text": "caf\u00e9", '
+                                 '"label": "x"}\n', encoding="latin-1"),
+        [f"{t / 'latin.jsonl'}: not valid utf-8 text at byte offset 42 (line 2",
+         "set data.encoding to the file's encoding (e.g. data.encoding=latin-1)"], {}),
+    "null_text": lambda t: (
+        _files(t, "null.jsonl", '{"text": "a", "label": "x"}\n{"text": null, "label": "x"}\n'),
+        ["split 'train' has 1 row without a text in column 'text'", "rows 1",
+         "fix or remove them"], {}),
+    "nan_text": lambda t: (
+        _files(t, "nan.jsonl", '{"text": "a", "label": "x"}\n{"text": NaN, "label": "x"}\n'),
+        [f"{t / 'nan.jsonl'}: row 1 has nan (NaN) in column 'text'",
+         "whose other rows hold text", "fix or remove that row"], {}),
+    "empty_texts": lambda t: (
+        _files(t, "empty_texts.jsonl", '{"text": "a", "label": "x"}\n{"text": "", "label": '
+                                       '"x"}\n{"text": " \\t", "label": "y"}\n'),
+        ["split 'train' has 2 rows with an empty or whitespace-only text", "(rows 1, 2)",
+         "or set data.drop_empty=true to drop them"], {}),
+    "stray_inferred_label": lambda t: (
+        _files(t, "labels.jsonl", "".join(
+            f'{{"text": "t{i}", "label": "{"pos" if i % 2 else "neg"}"}}\n' for i in range(40))
+            + '{"text": "t40", "label": "Pos"}\n'),
+        ["labels inferred from split 'train'", "'Pos' in 1 row: 40",
+         "while 'neg' is in 20", "data.labels=[neg,pos]", "data.drop_labels=[Pos]"], {}),
+    "log_file_in_a_missing_directory": lambda t: (
+        [*QUICK, f"hydra.job_logging.handlers.file.filename={t / 'nodir' / 'x.log'}"],
+        ["Hydra could not set up the run", "Unable to configure handler 'file'",
+         f"{t / 'nodir' / 'x.log'}", "hydra.job_logging"], {}),
+    "callback_with_wrong_arguments": lambda t: (
+        [*QUICK, "+hydra.callbacks.bad._target_=distillkit.sweep.SweepSummary",
+         "+hydra.callbacks.bad.every=1"],
+        ["Hydra could not set up the run", "distillkit.sweep.SweepSummary",
+         "takes no arguments", "hydra.callbacks"], {}),
     "logits_file_mismatch": lambda t: (
         _logits_file(t, classes=2),
         ["two.tsv has 2 logits per row but data.labels has 3",

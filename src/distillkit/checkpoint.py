@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Reads a checkpoint written by :class:`CheckpointManager` (CPU tensors)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # needs code to load: never run
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it holds Python objects that only a full unpickle "
+            "could load, which can run any code, so it was refused unread (checkpoints are read "
+            "with weights_only=True; distillkit's own never need more). Point resume at a "
+            "checkpoint distillkit wrote, or start fresh with resume=null") from exc
     except Exception as exc:  # a foreign or damaged file: name it
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}; delete it to resume "
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}; delete it to resume "
                               "from the one before, or start fresh with resume=null") from exc
 
 

@@ -18,14 +18,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from distillkit import distributed_hydra  # noqa: F401 - registers ${distillkit.rank0:...}
-from distillkit.compose_guard import guarded
+from distillkit.compose_guard import current_opt_ins, guarded, install_sweep_guard
 from distillkit.errors import DistillkitError
+from distillkit.hydra_setup import reported, task_started
 from distillkit.schemas import register_schemas
 
 log = logging.getLogger("distillkit")
 JOB_NAME = "distillkit"
 # The output directory of the last run in this process (``distillkit reproduce`` reads it).
 LAST_RUN_DIR: Path | None = None
+# Hydra's flag that re-runs a job from its pickled config (unpickling runs code): refused.
+RERUN = "--experimental-rerun"
 
 
 def config_dir() -> str:
@@ -35,6 +38,11 @@ def config_dir() -> str:
         if (candidate / "config.yaml").is_file():
             return str(candidate)
     raise RuntimeError(f"distillkit's conf/ directory was not found near {here}")
+
+
+# Every sweep job's config is checked where it is composed: here, or in a joblib worker or a
+# SLURM task, which import this module when they unpickle the task function.
+install_sweep_guard(config_dir())
 
 
 def _user_error(exc: BaseException) -> DistillkitError | None:
@@ -77,6 +85,7 @@ def _task(cfg: DictConfig) -> float:
     and the summary lists it; a single run exits non-zero.
     """
     global LAST_RUN_DIR
+    task_started()  # Hydra's set-up is done: failures from here on are the run's
     from distillkit.distributed_hydra import prepare_job
     from distillkit.run import run  # heavy imports only once the config composed
     from distillkit.sweep import clear_failure, record_failure
@@ -93,7 +102,7 @@ def _task(cfg: DictConfig) -> float:
     if main_rank:
         clear_failure(out_dir)
     try:
-        metrics = run(cfg, out_dir, launch)
+        metrics = run(cfg, out_dir, launch, current_opt_ins())
     except KeyboardInterrupt:
         log.error("interrupted: run stopped; what was written so far stays in %s "
                   "(no metrics.json means the run did not finish)", out_dir)
@@ -143,9 +152,15 @@ def _app(argv: list[str]) -> None:
             and not any(a.startswith("hydra.job.name=") for a in argv):
         # a saved run's .hydra/config.yaml carries no hydra settings: keep the log name
         argv = [*argv, f"hydra.job.name={JOB_NAME}"]
+    if any(a == RERUN or a.startswith(RERUN + "=") for a in argv):
+        log.error("error: %s loads a pickle (config.pickle), which can run any code; re-run a "
+                  "saved run with: distillkit reproduce <run dir>", RERUN)
+        raise SystemExit(2)
     register_schemas()
     sys.argv = [sys.argv[0], *argv]
-    with guarded(argv):  # every composed config is checked before Hydra uses it
+    # every composed config is checked before Hydra uses it; a failure of Hydra's own set-up
+    # (logging, callbacks, run directory) is one error line like any other
+    with guarded(argv, config_dir()), reported():
         hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_task)()
 
 

@@ -10,6 +10,7 @@ reads such a file back.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +41,14 @@ class ExportRequest:
             the data (``validation``).
         path: the file to write; None: ``<run dir>/teacher_logits_<split>.<ext>``.
         format: ``tsv`` or ``parquet`` (from the extension when None; ``tsv`` without a path).
+        overwrite: replace an existing file at the path (its permissions are kept); false:
+            refuse before any teacher work.
     """
 
     split: str = "train"
     path: Path | None = None
     format: str = "tsv"
+    overwrite: bool = False
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> ExportRequest | None:
@@ -61,14 +65,29 @@ class ExportRequest:
         export = cfg.get("export") or {}
         path = export.get("path")
         fmt = export.get("format")
+        overwrite = bool(export.get("overwrite", False))
         if path is None:
             if fmt is not None and fmt not in EXTENSIONS:
                 raise ConfigError(f"export.format={fmt} is not a logits file format; "
                                   "choose tsv or parquet")
-            return cls(split=str(export.get("split", "train")), path=None, format=fmt or "tsv")
+            return cls(split=str(export.get("split", "train")), path=None, format=fmt or "tsv",
+                       overwrite=overwrite)
         path = Path(str(path)).expanduser()
-        return cls(split=str(export.get("split", "train")), path=path,
-                   format=logits_format(path, fmt, "export.format"))
+        request = cls(split=str(export.get("split", "train")), path=path,
+                      format=logits_format(path, fmt, "export.format"), overwrite=overwrite)
+        request.refuse_existing(path)
+        return request
+
+    def refuse_existing(self, path: Path) -> None:
+        """Refuses to replace an existing file at ``path`` unless :attr:`overwrite`.
+
+        Raises:
+            ConfigError: naming the file and the fix.
+        """
+        if not self.overwrite and os.path.lexists(path):
+            raise ConfigError(f"export.path={path} exists: mode=export_logits does not replace "
+                              "an existing file; choose another export.path, or set "
+                              "export.overwrite=true to replace it (its permissions are kept)")
 
     def role(self, data: Any) -> str:
         """The data role of :attr:`split` (split roles and the data's split names both work).
@@ -115,10 +134,15 @@ def export_teacher_logits(teacher: ModelBundle, data: Any, request: ExportReques
     role = request.role(data)
     split = data.split_names[role]
     path = request.path or out_dir / f"teacher_logits_{split}{EXTENSIONS[request.format]}"
+    request.refuse_existing(path)
     start = time.perf_counter()
     logits = compute_logits(teacher, data, role, settings)
     ids = data.row_ids(role)
-    write_logits(path, ids, logits, request.format)
+    try:
+        write_logits(path, ids, logits, request.format, replace=request.overwrite)
+    except FileExistsError:  # created while the teacher ran
+        request.refuse_existing(path)
+        raise
     seconds = time.perf_counter() - start
     labels = np.asarray(data.raw[role]["labels"])
     labelled = labels != -100

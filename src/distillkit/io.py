@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,22 +39,77 @@ def _full_device(exc: BaseException, path: Path) -> None:
         "(hydra.run.dir=<a disk with space>)") from exc
 
 
-def write_file(path: Path, writer: Callable[[IO[bytes]], None]) -> None:
+def _fresh(parent: Path, name: str, make: Callable[[Path], None]) -> Path:
+    """A new, uniquely named ``.<name>.<random>.tmp`` in ``parent``, created by ``make`` (which
+    must fail if the path exists). Unlike ``mkstemp``/``mkdtemp`` (0600/0700), it gets the
+    modes a plain ``open``/``mkdir`` would (the umask applies)."""
+    while True:
+        tmp = parent / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            make(tmp)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _keep_mode(tmp: Path, path: Path) -> None:
+    """Gives ``tmp`` the permissions of the ``path`` it replaces: replacing a file never
+    changes the permissions found there."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # nothing there (yet)
+    os.chmod(tmp, mode)
+
+
+def _place(tmp: Path, path: Path, replace: bool) -> None:
+    """Renames ``tmp`` to ``path``; without ``replace``, never over an existing file.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``replace`` is false.
+    """
+    if replace:
+        _keep_mode(tmp, path)
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic: fails if path exists, even if created meanwhile
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+def write_file(path: Path, writer: Callable[[IO[bytes]], None], replace: bool = True) -> None:
     """Writes a file through ``writer(binary_handle)`` atomically (temp file + rename).
 
-    Readers never see half a file; on any failure the temp file is removed.
+    Readers never see half a file; on any failure the temp file is removed. A file that is
+    replaced keeps its permissions; a new one gets the modes of a plain ``open``.
+
+    Args:
+        path: the file.
+        writer: writes the content.
+        replace: replace an existing file (false: raise FileExistsError, nothing written).
 
     Raises:
         OutputError: when the device (or quota) is full; the temp file is gone by then.
+        FileExistsError: ``path`` exists and ``replace`` is false.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if not replace and os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    tmp = _fresh(path.parent, path.name,
+                 lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with tmp.open("wb") as fh:
             writer(fh)
-        os.replace(tmp, path)
+        _place(tmp, path, replace)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         _full_device(exc, path)
         raise
 
@@ -71,9 +127,10 @@ def write_dir(path: Path, writer: Callable[[Path], None]) -> None:
         OutputError: when the device (or quota) is full; the temp directory is gone by then.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = _fresh(path.parent, path.name, lambda p: p.mkdir(0o777))
     try:
         writer(tmp)
+        _keep_mode(tmp, path)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -95,8 +95,10 @@ class LogitsTable:
 
 
 def write_logits(path: Path, ids: Sequence[str], logits: np.ndarray,
-                 fmt: str | None = None) -> str:
+                 fmt: str | None = None, replace: bool = True) -> str:
     """Writes ids and logits to ``path`` atomically (temp file + rename); returns the format.
+
+    ``replace=False`` never replaces an existing file (FileExistsError, nothing written).
 
     Raises:
         DataError: when the counts differ, or an id cannot be written to a TSV file.
@@ -115,7 +117,7 @@ def write_logits(path: Path, ids: Sequence[str], logits: np.ndarray,
         column = pa.ListArray.from_arrays(offsets, pa.array(logits.reshape(-1),
                                                             type=pa.float32()))
         table = pa.table({"id": pa.array(list(ids), type=pa.string()), "logits": column})
-        write_file(path, lambda fh: pq.write_table(table, fh))
+        write_file(path, lambda fh: pq.write_table(table, fh), replace)
         return fmt
     for row, value in enumerate(ids):
         if "\t" in value or "\n" in value or "\r" in value:
@@ -126,7 +128,7 @@ def write_logits(path: Path, ids: Sequence[str], logits: np.ndarray,
         fh.write(b"id\tlogits\n")
         for value, row in zip(ids, logits.tolist(), strict=True):
             fh.write(f"{value}\t{','.join(f'{v:.9g}' for v in row)}\n".encode())
-    write_file(path, write)
+    write_file(path, write, replace)
     return fmt
 
 

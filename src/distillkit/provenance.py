@@ -9,6 +9,7 @@ uncommitted changes), which library versions and which seed produced its metrics
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -26,10 +27,31 @@ LIBRARIES = ("distillkit", "torch", "transformers", "datasets", "tokenizers", "h
 UNKNOWN = "unknown"
 
 
+# git runs with these settings only: no hooks, no fsmonitor (a command git would run), no
+# system or global config, and none of the caller's GIT_* variables (GIT_CONFIG_COUNT/KEY/VALUE
+# can set any config, GIT_DIR another repository, GIT_EXTERNAL_DIFF a command, ...).
+GIT_CONFIG = ("-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
+              "-c", "core.untrackedCache=false")
+
+
+def git_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The minimal environment of a provenance ``git`` call: PATH from ``environ`` (default
+    ``os.environ``), a C locale, no system or global config, no terminal prompts, no
+    optional locks, and no other variable (no ``GIT_*`` of the caller)."""
+    environ = os.environ if environ is None else environ
+    return {"PATH": environ.get("PATH", os.defpath), "LC_ALL": "C", "LANG": "C",
+            "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+
+
 def _git(args: list[str], cwd: Path) -> str | None:
+    """``git <args>`` in ``cwd`` with :data:`GIT_CONFIG` and :func:`git_environment`; its
+    output, or None when git is missing or fails. ``args`` are fixed by the callers here, never
+    taken from a config."""
     try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                             timeout=10, check=False)
+        out = subprocess.run(["git", *GIT_CONFIG, *args], cwd=cwd, capture_output=True,
+                             text=True, timeout=10, check=False, env=git_environment(),
+                             stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

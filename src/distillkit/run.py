@@ -44,7 +44,7 @@ from distillkit.io import write_file, write_json, write_metrics, write_pretraine
 from distillkit.models import EnsembleTeacher, ModelBundle, count_parameters
 from distillkit.offline_logits import OfflineTeacher, check_offline, match_offline_logits
 from distillkit.run_metrics import collect_metrics, evaluate_teacher, format_summary
-from distillkit.safety import check_config, opt_ins
+from distillkit.safety import OptIns, check_config, opt_ins
 from distillkit.seq2seq.run import check_task, run_seq2seq
 from distillkit.teacher_outputs import attach_teacher_logits, teacher_evaluation
 from distillkit.teachers import (
@@ -201,7 +201,8 @@ def _kill_hook():
     return kill
 
 
-def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None,
+        opted: OptIns | None = None) -> dict[str, Any]:
     """Executes one distillation run and writes its output under ``out_dir``.
 
     Writes ``resolved_config.yaml``, ``provenance.json``, ``mapping.json``, ``tb/``
@@ -213,6 +214,8 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
         out_dir: the run directory.
         launch: how Hydra launched the run (``overrides``, ``choices``, ``mode``), recorded
             in ``provenance.json`` and the HParams session.
+        opted: the command line's opt-ins (the CLI's, :mod:`distillkit.compose_guard`); None
+            takes them from ``launch["overrides"]`` and the environment.
 
     Returns:
         The metrics dict (also written to ``metrics.json``); ``metrics["objective"]["value"]``
@@ -225,7 +228,7 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None) ->
     launch = launch or {}
     # the CLI checked the composed config already (distillkit.compose_guard); this covers a
     # config handed to run() directly, before anything is built or written
-    check_config(cfg, opt_ins(launch.get("overrides", ())))
+    check_config(cfg, opted if opted is not None else opt_ins(launch.get("overrides", ())))
     dist = distributed.current()
     objective = cfg.get("objective", "final_accuracy")
     if objective not in OBJECTIVES:

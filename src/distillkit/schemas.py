@@ -90,6 +90,10 @@ class DataSchema:
     validation_fraction: float = 0.0  # no eval split: carve this share of train (0: error)
     split_seed: int = 0  # seed of that stratified carving (not trainer.seed)
     optional_test: bool = False  # no test split: the final evaluation is on the eval split
+    # bad data (distillkit.data.checks): local files' text encoding; drop empty texts (else
+    # refused with their rows)
+    encoding: str = "utf-8"
+    drop_empty: bool = False
 
 
 @dataclass
@@ -141,6 +145,7 @@ class Seq2SeqDataSchema:
     max_eval_samples: Optional[int] = None  # noqa: UP045
     metric: str = "exact_match"  # exact_match | bleu | chrf
     eval_num_beams: int = 1
+    encoding: str = "utf-8"  # local files' text encoding (distillkit.data.checks)
 
 
 @dataclass
@@ -149,12 +154,14 @@ class ExportSchema:
 
     ``split``: a split role (train, eval, test, transfer) or a split name of the data;
     ``path``: the file (null: ``<run dir>/teacher_logits_<split>.<ext>``); ``format``: tsv or
-    parquet (null: from the extension of ``path``; tsv without one).
+    parquet (null: from the extension of ``path``; tsv without one); ``overwrite``: replace an
+    existing file at ``path`` (false: refused before any teacher work).
     """
 
     split: str = "train"
     path: Optional[str] = None  # noqa: UP045
     format: Optional[str] = None  # noqa: UP045
+    overwrite: bool = False
 
 
 def register_schemas() -> None:

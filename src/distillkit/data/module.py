@@ -11,6 +11,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from distillkit.data.checks import check_texts, inferred_labels, text_encoding
 from distillkit.data.logit_rows import WithTeacherLogits
 from distillkit.data.sampling import (
     LengthGroupedBatchSampler,
@@ -63,6 +64,10 @@ class TextClassificationData:
         split_seed: seed of that carving.
         optional_test: a ``test_split`` the source lacks is no error: the final evaluation is
             then on the eval split (``data=files`` without a test file).
+        encoding: text encoding of local data files (``data.encoding``).
+        drop_empty: drop rows with an empty or whitespace-only text with a warning instead of
+            refusing them (then row indices count the kept rows). See
+            :mod:`distillkit.data.checks`.
     """
 
     def __init__(
@@ -87,11 +92,14 @@ class TextClassificationData:
         validation_fraction: float = 0.0,
         split_seed: int = 0,
         optional_test: bool = False,
+        encoding: str = "utf-8",
+        drop_empty: bool = False,
     ) -> None:
         if domain is not None and domain_column is None:
             raise DataError(f"data.domain={domain} needs data.domain_column (the column that "
                             "names each row's domain)")
         self._source = source
+        self.encoding, self.drop_empty = encoding, bool(drop_empty)
         self.text_column = text_column
         self.text_pair_column = text_pair_column
         self.label_column = label_column
@@ -122,14 +130,17 @@ class TextClassificationData:
         """Loads the raw splits, checks columns and resolves the label list (idempotent)."""
         if self.raw:
             return
-        data = self._source() if callable(self._source) else self._source
+        with text_encoding(self.encoding):
+            data = self._source() if callable(self._source) else self._source
         data, self.carved = resolve_splits(data, self.split_names, self.label_column,
                                            *self._splitting)
         for role, split in self.split_names.items():
             if split is None:
                 continue
-            self.raw[role] = self._check_columns(data[split], split,
-                                                 need_label=role != "transfer")
+            ds = self._check_columns(data[split], split, need_label=role != "transfer")
+            self.raw[role] = check_texts(  # null / empty texts (distillkit.data.checks)
+                ds, self._text_columns(), split, self.drop_empty,
+                self._label_names(ds) if role != "transfer" else None, self.drop_labels)
         if self._labels is None:
             self._labels = self._infer_labels(self.raw["train"])
             log.info("labels inferred from the train split: %s", self._labels)
@@ -207,7 +218,7 @@ class TextClassificationData:
         feature = ds.features[self.label_column]
         if isinstance(feature, ClassLabel):
             return [n for n in feature.names if n not in self.drop_labels]
-        return sorted(set(self._label_names(ds)) - self.drop_labels)
+        return inferred_labels(self._label_names(ds), self.drop_labels, self.split_names["train"])
 
     def _encode_labels(self, ds: Dataset, label2id: dict[str, int],
                        split: str) -> tuple[Dataset, list[int]]:

@@ -7,8 +7,9 @@ import json
 import logging
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
+from distillkit.data.checks import decode_error, encoding, to_dataset
 from distillkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ def hub_dataset(path: str, name: str | None = None, revision: str | None = None)
     from datasets import load_dataset
 
     try:
-        data = load_dataset(path, name, revision=revision)
+        # never a loading script (datasets < 3 ran one by default)
+        data = load_dataset(path, name, revision=revision, trust_remote_code=False)
     except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFound, ...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(
@@ -44,7 +46,7 @@ def hub_dataset(path: str, name: str | None = None, revision: str | None = None)
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding=encoding()) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -63,7 +65,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _read_json(path: Path) -> list[dict]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding=encoding()))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}); fix the file at "
                         "that line") from exc
@@ -75,7 +77,7 @@ def _read_json(path: Path) -> list[dict]:
 
 
 def _read_delimited(path: Path, delimiter: str) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as fh:
+    with path.open(encoding=encoding(), newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         if not reader.fieldnames:
             return []
@@ -120,7 +122,10 @@ def read_rows(path: str | Path, fmt: str | None = None, key: str = "the data con
     }
     if fmt not in readers:
         raise DataError(f"unknown data format '{fmt}'; choose one of {sorted(readers)}")
-    rows = readers[fmt](path)
+    try:
+        rows = readers[fmt](path)
+    except (UnicodeError, LookupError) as exc:  # data.encoding (distillkit.data.checks)
+        raise decode_error(path, exc) from exc
     if not rows:
         raise DataError(f"data file is empty: {path} has no rows; fill it or point {key} "
                         "at another file")
@@ -145,7 +150,7 @@ def local_files(
     splits = {}
     for split, path in files.items():
         if path:
-            splits[split] = Dataset.from_list(read_rows(path, format, f"data.source.{split}"))
+            splits[split] = to_dataset(read_rows(path, format, f"data.source.{split}"), path)
             log.info("read %d rows of split '%s' from %s", len(splits[split]), split, path)
     if not splits:
         raise DataError("data.source names no files; set data.source.train=<path> at least")

@@ -46,8 +46,8 @@ def _check_label_order(config, labels: list[str], role: str, name_or_path: str) 
 def pretrained_classifier(
     name_or_path: str,
     revision: str | None = None,
-    trust_remote_code: bool = False,
     *,
+    trust_remote_code: bool = False,
     labels: list[str],
     role: str = "teacher",
 ) -> ModelBundle:
@@ -60,7 +60,8 @@ def pretrained_classifier(
     Args:
         name_or_path: hub model id (e.g. ``bert-base-uncased``) or local directory.
         revision: hub revision (branch, tag or commit).
-        trust_remote_code: allow the checkpoint's own modelling code (off unless you opt in).
+        trust_remote_code: allow the checkpoint's own modelling code (off unless you opt in
+            on the command line; keyword-only, so positional ``_args_`` cannot reach it).
         labels: the task's label names, in id order.
         role: ``teacher`` or ``student`` (the config section named in messages).
 
@@ -122,8 +123,8 @@ def packaged_classifier(asset: str, fetch: bool = True, *, labels: list[str]) ->
 def pretrained_student(
     name_or_path: str,
     revision: str | None = None,
-    trust_remote_code: bool = False,
     *,
+    trust_remote_code: bool = False,
     teacher: ModelBundle,
     labels: list[str],
 ) -> ModelBundle:
@@ -133,5 +134,5 @@ def pretrained_student(
     (:func:`distillkit.models.check_compatible`).
     """
     del teacher  # the student keeps its own tokenizer; compatibility is checked by the run
-    return pretrained_classifier(name_or_path, revision, trust_remote_code, labels=labels,
-                                 role="student")
+    return pretrained_classifier(name_or_path, revision, trust_remote_code=trust_remote_code,
+                                 labels=labels, role="student")

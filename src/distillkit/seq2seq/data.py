@@ -18,6 +18,7 @@ from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
+from distillkit.data.checks import text_encoding
 from distillkit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Seq2SeqData:
         metric: the headline metric (``exact_match`` for label-style targets, ``bleu`` or
             ``chrf`` for free text); all three are always reported.
         eval_num_beams: beam size of the final evaluation's generation (1: greedy).
+        encoding: text encoding of local data files (``data.encoding``).
     """
 
     def __init__(
@@ -71,10 +73,12 @@ class Seq2SeqData:
         max_eval_samples: int | None = None,
         metric: str = "exact_match",
         eval_num_beams: int = 1,
+        encoding: str = "utf-8",
     ) -> None:
         if metric not in METRICS:
             raise ConfigError(f"data.metric='{metric}' is not one of {', '.join(METRICS)}")
         self._source = source
+        self.encoding = encoding
         self.columns = {"source_column": source_column, "target_column": target_column,
                         "rationale_column": rationale_column,
                         "llm_label_column": llm_label_column,
@@ -98,7 +102,8 @@ class Seq2SeqData:
         """Loads the raw splits and checks the configured columns (idempotent)."""
         if self.raw:
             return
-        data = self._source() if callable(self._source) else self._source
+        with text_encoding(self.encoding):  # distillkit.data.checks
+            data = self._source() if callable(self._source) else self._source
         for role, split in self.split_names.items():
             if split is None:
                 continue

@@ -137,8 +137,8 @@ def bert2bert_minilm(asset: str = "minilm6", *, teacher: ModelBundle | None = No
     return ModelBundle(model=model, tokenizer=tok, name=f"bert2bert-{asset}")
 
 
-def hub_seq2seq(name_or_path: str, revision: str | None = None,
-                trust_remote_code: bool = False, *, teacher: ModelBundle | None = None,
+def hub_seq2seq(name_or_path: str, revision: str | None = None, *,
+                trust_remote_code: bool = False, teacher: ModelBundle | None = None,
                 role: str = "teacher") -> ModelBundle:
     """Any ``AutoModelForSeq2SeqLM`` (T5, flan-T5, BART, Marian, ...) by hub name or path.
 
