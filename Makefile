@@ -37,7 +37,7 @@ test-safety-floor: $(STAMP)  ## the safety tests again on the lowest hydra-core 
 	$(BIN)/python -m pip install --quiet --no-deps --target $(FLOOR_DIR) hydra-core==$(HYDRA_FLOOR)
 	PYTHONPATH=$(CURDIR)/$(FLOOR_DIR) $(BIN)/python -c \
 		"import hydra; assert hydra.__version__ == '$(HYDRA_FLOOR)', hydra.__version__"
-	PYTHONPATH=$(CURDIR)/$(FLOOR_DIR) $(BIN)/python -m pytest -q tests/test_safety*.py $(ARGS)
+	PYTHONPATH=$(CURDIR)/$(FLOOR_DIR):$(CURDIR)/src $(BIN)/python -m pytest -q tests/test_safety*.py $(ARGS)
 
 lint: $(STAMP)  ## ruff lint of sources and tests
 	$(BIN)/ruff check src tests bench

@@ -126,7 +126,8 @@ def test_provenance_git_ignores_the_callers_git_variables(tmp_path, monkeypatch)
     assert not marker.exists(), "git ran the command of GIT_CONFIG_*"
     assert len(state["commit"]) == 40 and state["dirty"] is False  # GIT_DIR ignored as well
     # nor a command the repository's own config names
-    subprocess.run(["git", "config", "core.fsmonitor", f"touch {marker}"], cwd=repo, check=True)
+    subprocess.run(["git", "config", "core.fsmonitor", f"touch {marker}"], cwd=repo, check=True,
+                   env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
     assert provenance.git_state(repo)["dirty"] is False and not marker.exists()
     env = provenance.git_environment()
     assert not [k for k in env if k.startswith("GIT_") and k not in (
