@@ -44,3 +44,15 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = N
 
 TINY_RUN = ["teacher=tiny", "student=tiny", "data=tiny", "trainer=debug",
             "trainer.eval_batch_size=32"]
+
+
+def one_error_line(returncode: int, output: str, phrases: list[str]) -> str:
+    """Asserts a refused run's contract: exit code 2, exactly one ``error:`` line holding every
+    phrase, no traceback. Returns that line."""
+    assert returncode == 2, output[-3000:]
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert len(errors) == 1, errors or output[-3000:]
+    missing = [p for p in phrases if p not in errors[0]]
+    assert not missing, f"{missing} not in: {errors[0]}"
+    assert "Traceback" not in output
+    return errors[0]

@@ -26,7 +26,7 @@ import torch
 from distillkit.models import tiny_teacher
 from distillkit.models.tokenizers import tiny_tokenizer
 from distillkit.offline_logits import write_logits
-from tests.conftest import TINY_RUN, run_cli
+from tests.conftest import TINY_RUN, one_error_line, run_cli
 
 pytestmark = pytest.mark.e2e
 LABELS = ["entailment", "neutral", "contradiction"]
@@ -226,19 +226,14 @@ def test_bad_input_is_one_error_line_with_culprit_and_fix(tmp_path, case):
     run_dir = tmp_path / "run"
     proc = _run(case, [*args, f"hydra.run.dir={run_dir}"], tmp_path, env)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 2, output[-3000:]
-    errors = [line for line in output.splitlines() if "error:" in line]
-    assert len(errors) == 1, errors
-    missing = [p for p in phrases if p not in errors[0]]
-    assert not missing, f"{missing} not in: {errors[0]}"
-    assert "Traceback" not in output
+    error = one_error_line(proc.returncode, output, phrases)
     # nothing left that looks finished
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "student").exists()
     assert not [p for p in tmp_path.rglob("*.tmp")], "a half-written file stayed"
     if case in AT_COMPOSE:
         assert not run_dir.exists(), "refused before Hydra created the run directory"
     if case == "non_finite_loss":
-        bad = int(errors[0].split("non-finite loss at step ")[1].split(" ")[0])
+        bad = int(error.split("non-finite loss at step ")[1].split(" ")[0])
         kept = _finite_checkpoints(run_dir)
         assert kept and max(kept) < bad, (kept, bad)
         failure = json.loads((run_dir / "error.json").read_text())

@@ -17,6 +17,7 @@ import pytest
 from transformers import pipeline, set_seed
 
 from distillkit.models import tiny_teacher
+from tests.conftest import one_error_line
 from tests.own_files import pairs, reviews, write_csv
 
 pytestmark = pytest.mark.e2e
@@ -157,11 +158,5 @@ def test_bad_input_is_one_error_line(tmp_path, review_run, case):
     (tmp_path / "nostudent").mkdir()
     (tmp_path / "nostudent" / "resolved_config.yaml").write_text("task: classification\n")
     proc = _predict([*args, "--output", "out.csv"], tmp_path, stdin)
-    output = (proc.stdout + proc.stderr).decode()
-    assert proc.returncode == 2, output[-3000:]
-    errors = [line for line in output.splitlines() if "error:" in line]
-    assert len(errors) == 1, output
-    missing = [p for p in phrases if p not in errors[0]]
-    assert not missing, f"{missing} not in: {errors[0]}"
-    assert "Traceback" not in output
+    one_error_line(proc.returncode, (proc.stdout + proc.stderr).decode(), phrases)
     assert not (tmp_path / "out.csv").exists() and not list(tmp_path.glob(".out.csv*"))
