@@ -74,8 +74,7 @@ def engine_settings(trainer_cfg: DictConfig) -> EngineSettings:
     return settings
 
 
-def _teacher_eval_cached(cfg: DictConfig, teacher: ModelBundle, dist: Any,
-                         settings: EngineSettings) -> bool:
+def _teacher_eval_cached(cfg: DictConfig, teacher: ModelBundle, dist: Any) -> bool:
     """Whether the final evaluation reads the teacher's from its output cache: a single
     teacher model in one process, with ``trainer.teacher_cache`` on (an ensemble evaluates
     each member live; a data-parallel run evaluates every rank's shard)."""
@@ -305,7 +304,7 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None,
         # (offline: no teacher model, None; an ensemble: each member's metrics as well)
         # a fixed teacher's evaluation is cached with its logits (computed once, then read)
         cached = (partial(teacher_evaluation, teacher, data, final_role, settings)
-                  if _teacher_eval_cached(cfg, teacher, dist, settings) else None)
+                  if _teacher_eval_cached(cfg, teacher, dist) else None)
         teacher_metrics, member_metrics = evaluate_teacher(distiller, teacher, final_loader,
                                                            cached)
         student_metrics = distiller.evaluate(student.model, final_loader, desc="eval student")
