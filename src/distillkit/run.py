@@ -76,10 +76,12 @@ def engine_settings(trainer_cfg: DictConfig) -> EngineSettings:
 
 def _teacher_eval_cached(cfg: DictConfig, teacher: ModelBundle, dist: Any) -> bool:
     """Whether the final evaluation reads the teacher's from its output cache: a single
-    teacher model in one process, with ``trainer.teacher_cache`` on (an ensemble evaluates
-    each member live; a data-parallel run evaluates every rank's shard)."""
+    teacher model in one process, with ``trainer.teacher_cache`` on and no
+    ``trainer.teacher_dropout`` (which bypasses the cache); an ensemble evaluates each member
+    live, a data-parallel run every rank's shard."""
     return (teacher.model is not None and not isinstance(teacher, EnsembleTeacher)
-            and not dist.enabled and bool(cfg.trainer.get("teacher_cache", True)))
+            and not dist.enabled and bool(cfg.trainer.get("teacher_cache", True))
+            and not cfg.trainer.get("teacher_dropout", False))
 
 
 def _stage(name: str) -> None:

@@ -195,17 +195,16 @@ def compute_logits(teacher: ModelBundle, data: TextClassificationData, role: str
 
 def _timed_logits(teacher: ModelBundle, data: TextClassificationData, role: str,
                   settings: EngineSettings) -> tuple[np.ndarray, float]:
-    """:func:`compute_logits` and the seconds its forward passes took (batches built
-    beforehand, as in :func:`distillkit.engine.evaluate`)."""
+    """:func:`compute_logits` and the seconds its inference pass took (forward passes and
+    padding the batches, which is a small share of it)."""
     device = settings.resolve_device()
     model = frozen(teacher.model, device, settings.teacher_dtype(device))
     batch_size = inference_batch_size(settings, device)
     while True:
         loader = data.loader(role, batch_size, num_workers=settings.num_workers)
-        batches = list(loader)
         start = time.perf_counter()
         try:  # the longest batches come first, so a batch too large fails at once
-            logits = predict_logits(model, batches, device, desc=f"teacher logits {role}",
+            logits = predict_logits(model, loader, device, desc=f"teacher logits {role}",
                                     progress=settings.progress).numpy()
             break
         except torch.OutOfMemoryError:
