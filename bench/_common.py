@@ -38,11 +38,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from transformers import set_seed
 
-from distillkit.cli import config_dir
+from distillkit.app.cli import config_dir
+from distillkit.app.schemas import register_schemas
 from distillkit.engine import Distiller, EngineSettings
 from distillkit.losses import HardCrossEntropy
 from distillkit.run import build, engine_settings
-from distillkit.schemas import register_schemas
 
 # The tiny test models and generated data (seconds on a CPU); the bench scripts' default.
 TINY = ["teacher=tiny", "student=tiny", "data=tiny"]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from distillkit.assets import asset_path
+from distillkit.runtime.assets import asset_path
 
 FREEZE = {"nothing frozen": [], "word embeddings": ["bert.embeddings.word_embeddings.*"],
           "embeddings + layers 0-1": ["bert.embeddings.*", "bert.encoder.layer.[01].*"]}

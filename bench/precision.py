@@ -19,11 +19,11 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from distillkit.cli import config_dir
+from distillkit.app.cli import config_dir
+from distillkit.app.schemas import register_schemas
 from distillkit.data.sampling import restore_order
 from distillkit.engine import frozen, predict_logits
 from distillkit.run import build, engine_settings
-from distillkit.schemas import register_schemas
 
 
 def main() -> None:

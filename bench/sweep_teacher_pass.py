@@ -38,8 +38,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from distillkit.assets import CACHE_ENV, cache_root
-from distillkit.report import collect
+from distillkit.reporting.report import collect
+from distillkit.runtime.assets import CACHE_ENV, cache_root
 
 GRID = ["loss.temperature=1,4,8", "loss.alpha=0.2,0.5,0.8"]
 LOG_NAME = "distillkit.log"

@@ -11,8 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from distillkit.cli import config_dir
-from distillkit.schemas import register_schemas
+from distillkit.app.cli import config_dir
+from distillkit.app.schemas import register_schemas
 
 CONF = Path(config_dir())
 

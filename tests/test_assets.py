@@ -1,4 +1,4 @@
-"""Tests for distillkit.assets: offline cache layout, verification and error messages.
+"""Tests for distillkit.runtime.assets: offline cache layout, verification and error messages.
 
 All tests but the ``assets``-marked one run without network: ``_download`` (or ``subprocess.run``)
 is monkeypatched and the archives are small fakes built in ``tmp_path``.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from distillkit import assets
-from distillkit.assets import ASSETS, MARKER, Asset, AssetError
+from distillkit.runtime import assets
+from distillkit.runtime.assets import ASSETS, MARKER, Asset, AssetError
 
 
 def _sha(path: Path) -> str:
@@ -110,7 +110,7 @@ def test_fetch_extracts_layout_and_writes_marker(fake):
 def test_fetch_is_idempotent_and_force_refetches(fake, caplog):
     assets.fetch(["model"])
     assert fake["calls"] == ["model"]
-    with caplog.at_level(logging.INFO, logger="distillkit.assets"):
+    with caplog.at_level(logging.INFO, logger="distillkit.runtime.assets"):
         assets.fetch(["model"])
         assert assets.asset_path("model") == fake["root"] / "assets" / "model"
     assert fake["calls"] == ["model"]
@@ -249,14 +249,14 @@ def test_distillkit_cache_is_respected(fake, tmp_path, monkeypatch):
 
 
 def test_main_cli(fake, caplog):
-    with caplog.at_level(logging.INFO, logger="distillkit.assets"):
+    with caplog.at_level(logging.INFO, logger="distillkit.runtime.assets"):
         assert assets.main(["fetch", "--only", "data"]) == 0
     assert fake["calls"] == ["data"]
     assert str(fake["root"] / "assets" / "data") in caplog.text
     assert assets.main(["fetch", "--only", "data", "--force"]) == 0
     assert fake["calls"] == ["data", "data"]
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="distillkit.assets"):
+    with caplog.at_level(logging.INFO, logger="distillkit.runtime.assets"):
         assert assets.main(["fetch", "--only", "bogus"]) == 2
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "Unknown asset 'bogus'" in errors[0].getMessage()

@@ -25,7 +25,7 @@ import torch
 
 from distillkit.models import tiny_teacher
 from distillkit.models.tokenizers import tiny_tokenizer
-from distillkit.offline_logits import write_logits
+from distillkit.teachers.offline import write_logits
 from tests.conftest import TINY_RUN, one_error_line, run_cli
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ QUICK = [*TINY_RUN, "teacher.finetune=false"]
 # The disk fills up at the second checkpoint: the write gets half the bytes, then ENOSPC.
 DISK_FULL = """
 import errno, os
-import distillkit.checkpoint as ck
+import distillkit.runtime.checkpoint as ck
 real, calls = ck.write_file, []
 def write_file(path, writer):
     calls.append(path)
@@ -46,7 +46,7 @@ def write_file(path, writer):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return real(path, half)
 ck.write_file = write_file
-from distillkit.cli import main
+from distillkit.app.cli import main
 main()
 """
 
@@ -174,9 +174,9 @@ CASES: dict[str, Case] = {
         ["Hydra could not set up the run", "Unable to configure handler 'file'",
          f"{t / 'nodir' / 'x.log'}", "hydra.job_logging"], {}),
     "callback_with_wrong_arguments": lambda t: (
-        [*QUICK, "+hydra.callbacks.bad._target_=distillkit.sweep.SweepSummary",
+        [*QUICK, "+hydra.callbacks.bad._target_=distillkit.reporting.sweep.SweepSummary",
          "+hydra.callbacks.bad.every=1"],
-        ["Hydra could not set up the run", "distillkit.sweep.SweepSummary",
+        ["Hydra could not set up the run", "distillkit.reporting.sweep.SweepSummary",
          "takes no arguments", "hydra.callbacks"], {}),
     "logits_file_mismatch": lambda t: (
         _logits_file(t, classes=2),

@@ -9,7 +9,12 @@ from functools import partial
 import pytest
 import torch
 
-from distillkit.checkpoint import (
+from distillkit.data import TextClassificationData, synthetic_nli
+from distillkit.engine import Distiller, EngineSettings
+from distillkit.engine.schedules import warmup_schedule
+from distillkit.losses import DistillationLoss, KLDivergence
+from distillkit.models import bert_student, tiny_teacher
+from distillkit.runtime.checkpoint import (
     CheckpointError,
     CheckpointManager,
     check_resumable,
@@ -18,11 +23,6 @@ from distillkit.checkpoint import (
     flat_config,
     load_checkpoint,
 )
-from distillkit.data import TextClassificationData, synthetic_nli
-from distillkit.engine import Distiller, EngineSettings
-from distillkit.losses import DistillationLoss, KLDivergence
-from distillkit.models import bert_student, tiny_teacher
-from distillkit.schedules import warmup_schedule
 
 LABELS = ["entailment", "neutral", "contradiction"]
 

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 
-from distillkit import distributed
 from distillkit.data import TextClassificationData, synthetic_nli
 from distillkit.data.sampling import (
     LengthGroupedBatchSampler,
@@ -31,6 +30,7 @@ from distillkit.data.sampling import (
 )
 from distillkit.errors import ConfigError
 from distillkit.models.tokenizers import tiny_tokenizer
+from distillkit.runtime import distributed
 from tests.conftest import TINY_RUN
 
 LENGTHS = np.random.default_rng(0).integers(5, 60, size=505)
@@ -176,10 +176,10 @@ def test_ddp_trains_loss_projections_through_a_phase_without_logits(one_rank_gro
     """Student and loss train as one DDP module: projections get synchronised gradients, and
     a phase whose loss never reads the student's logits leaves no parameter waiting."""
     from distillkit.engine import Distiller, EngineSettings
+    from distillkit.engine.schedules import warmup_schedule
     from distillkit.losses import DistillationLoss, HiddenMSE, SoftTargetCrossEntropy
-    from distillkit.mapping import LayerPair
+    from distillkit.losses.mapping import LayerPair
     from distillkit.models import bert_student, tiny_teacher
-    from distillkit.schedules import warmup_schedule
 
     labels = ["entailment", "neutral", "contradiction"]
     data = TextClassificationData(partial(synthetic_nli, n_train=40, n_validation=8, n_test=0),
@@ -217,7 +217,7 @@ def test_ddp_trains_loss_projections_through_a_phase_without_logits(one_rank_gro
 # different seconds and only the shared run directory keeps them in one.
 LATE_RANK = ("import os, sys, time\n"
              "if os.environ.get('RANK') == '1':\n    time.sleep(1.2)\n"
-             "from distillkit.cli import main\nmain()\n")
+             "from distillkit.app.cli import main\nmain()\n")
 
 
 def _cli_env(tmp_path: Path) -> dict[str, str]:

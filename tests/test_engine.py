@@ -13,10 +13,10 @@ from transformers import set_seed
 
 from distillkit.data import TextClassificationData, synthetic_nli
 from distillkit.engine import Distiller, EngineSettings
+from distillkit.engine.schedules import warmup_schedule
 from distillkit.errors import TrainingError
 from distillkit.losses import DistillationLoss, KLDivergence, LossOutput
 from distillkit.models import bert_student, tiny_teacher
-from distillkit.schedules import warmup_schedule
 
 LABELS = ["entailment", "neutral", "contradiction"]
 

@@ -20,7 +20,7 @@ from distillkit.losses import (
     IntermediateTerms,
     SoftTargetCrossEntropy,
 )
-from distillkit.mapping import LayerPair
+from distillkit.losses.mapping import LayerPair
 
 ALL_TERMS = [HiddenMSE, HiddenCosine, GramMMD, AttentionMSE, AttentionKL]
 

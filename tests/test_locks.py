@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from distillkit.locks import file_lock
+from distillkit.runtime.locks import file_lock
 
 
 def test_second_holder_waits_until_first_releases(tmp_path):

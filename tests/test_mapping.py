@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from distillkit.errors import ConfigError
-from distillkit.mapping import (
+from distillkit.losses.mapping import (
     LayerPair,
     explicit_mapping,
     last_mapping,

@@ -26,8 +26,8 @@ from distillkit.losses import (
     SoftTargetCrossEntropy,
 )
 from distillkit.losses.composite import expertise
-from distillkit.meta_teacher import prototype_scores
-from distillkit.teacher_stage import FinetuneSettings
+from distillkit.teachers.finetune import FinetuneSettings
+from distillkit.teachers.meta import prototype_scores
 from tests.conftest import run_cli
 
 # -- prototype scores ---------------------------------------------------------------------
@@ -269,7 +269,7 @@ def test_meta_kd_experiment_composes_the_paper_recipe(compose_cfg):
     ft = cfg.teacher.finetune_settings
     assert (ft.domains, ft.sample_weights, ft.domain_loss_weight) == ("all", "prototype", 0.1)
     assert cfg.loss.expertise_weights and cfg.loss.intermediate_phase == 0.5
-    assert cfg.mapping._target_ == "distillkit.mapping.uniform_mapping"
+    assert cfg.mapping._target_ == "distillkit.losses.mapping.uniform_mapping"
 
 
 @pytest.mark.e2e

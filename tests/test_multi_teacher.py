@@ -14,8 +14,7 @@ from transformers import DistilBertConfig, DistilBertForSequenceClassification
 from distillkit.data import TextClassificationData, synthetic_nli
 from distillkit.engine import EngineSettings
 from distillkit.errors import ConfigError, ModelError
-from distillkit.hparams import hparams_of
-from distillkit.mapping import uniform_mapping
+from distillkit.losses.mapping import uniform_mapping
 from distillkit.models import (
     ModelBundle,
     TeacherEnsemble,
@@ -25,8 +24,9 @@ from distillkit.models import (
 )
 from distillkit.models.ensemble import normalised_weights
 from distillkit.models.tokenizers import tiny_tokenizer
-from distillkit.teacher_outputs import attach_teacher_logits
-from distillkit.teachers import _build_member, live_teacher, student_basis
+from distillkit.reporting.hparams import hparams_of
+from distillkit.teachers.outputs import attach_teacher_logits
+from distillkit.teachers.setup import _build_member, live_teacher, student_basis
 from tests.conftest import TINY_RUN, run_cli
 
 LABELS = ["entailment", "neutral", "contradiction"]

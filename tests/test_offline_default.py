@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from distillkit.assets import ASSETS, MARKER
 from distillkit.data import snli
 from distillkit.errors import ConfigError
 from distillkit.models import student_from_teacher, tiny_teacher
+from distillkit.runtime.assets import ASSETS, MARKER
 from tests.conftest import TINY_RUN, run_cli
 
 LABELS = ["entailment", "neutral", "contradiction"]
@@ -93,7 +93,7 @@ def test_teacher_finetuned_once_then_reused(tmp_path):
 @pytest.mark.e2e
 def test_real_teacher_and_snli_on_a_slice(tmp_path):
     """The packaged MiniLM-L6 teacher + SNLI through the CLI, on a few examples."""
-    from distillkit.assets import cache_root
+    from distillkit.runtime.assets import cache_root
 
     run_dir = tmp_path / "run"
     proc = run_cli(["data.source.train_size=64", "data.source.validation_size=32",
@@ -178,7 +178,7 @@ def test_copy_init_auto_follows_whether_the_loss_learns_from_the_teacher(loss_na
     cfg = OmegaConf.create({
         "student": {"_target_": "distillkit.models.student_from_teacher", "_partial_": True,
                     "layers": [1], "init": "auto"},
-        "mapping": {"_target_": "distillkit.mapping.none_mapping", "_partial_": True}})
+        "mapping": {"_target_": "distillkit.losses.mapping.none_mapping", "_partial_": True}})
     loss = instantiate(compose_cfg([f"loss={loss_name}"]).loss)
     student, _ = _student_and_pairs(cfg, teacher, LABELS, loss, seed=0)
     got = student.model.bert.encoder.layer[0].attention.self.query.weight
@@ -187,7 +187,7 @@ def test_copy_init_auto_follows_whether_the_loss_learns_from_the_teacher(loss_na
 
 
 def test_finetune_settings_refuse_unknown_keys():
-    from distillkit.teacher_stage import FinetuneSettings
+    from distillkit.teachers.finetune import FinetuneSettings
 
     assert FinetuneSettings.from_config({"lr": 1e-3}).lr == 1e-3
     with pytest.raises(ConfigError, match=r"\['lrr'\] in teacher.finetune_settings"):
@@ -200,7 +200,7 @@ def test_teacher_cache_key_hashes_every_training_row(fake_snli):
 
     from distillkit.data import TextClassificationData
     from distillkit.models.tokenizers import tiny_tokenizer
-    from distillkit.teacher_stage import FinetuneSettings, cache_key
+    from distillkit.teachers.finetune import FinetuneSettings, cache_key
 
     teacher = tiny_teacher(num_layers=2, labels=LABELS)
     keys = []
@@ -233,7 +233,7 @@ def test_finetune_precision_picks_the_teacher_independently_of_the_student(tmp_p
                                                                            monkeypatch):
     """A bf16 fine-tuned teacher is reused by an fp32 student run that asks for it."""
     from distillkit.engine import EngineSettings
-    from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
+    from distillkit.teachers.finetune import FinetuneSettings, prepare_teacher
 
     data, teacher = _stage_inputs(tmp_path, monkeypatch)
 
@@ -254,7 +254,7 @@ def test_teacher_seed_keeps_one_teacher_across_student_seeds(tmp_path, monkeypat
     """teacher.finetune_settings.seed pins the fine-tune (its key): students of other seeds
     reuse it; without it the run's seed is the teacher's, as before."""
     from distillkit.engine import EngineSettings
-    from distillkit.teacher_stage import FinetuneSettings, prepare_teacher
+    from distillkit.teachers.finetune import FinetuneSettings, prepare_teacher
 
     data, teacher = _stage_inputs(tmp_path, monkeypatch)
 

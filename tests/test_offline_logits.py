@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 
 from distillkit.data import TextClassificationData, synthetic_nli
 from distillkit.errors import ConfigError, DataError
-from distillkit.export_logits import ExportRequest
 from distillkit.models import bert_student, student_from_teacher, tiny_teacher
 from distillkit.models.tokenizers import tiny_tokenizer
-from distillkit.offline_logits import (
+from distillkit.teachers.export import ExportRequest
+from distillkit.teachers.offline import (
     OfflineTeacher,
     check_offline,
     match_offline_logits,
@@ -165,13 +165,13 @@ def test_offline_teacher_refuses_what_needs_a_model(tmp_path, tok_dir):
     write_logits(tmp_path / "l.tsv", ["0"], np.zeros((1, 3)))
     teacher = _teacher(tmp_path / "l.tsv", tok_dir)
     kd = DistillationLoss(kd=SoftTargetCrossEntropy())
-    check_offline(teacher, kd, "distillkit.mapping.none_mapping")  # logits only: fine
+    check_offline(teacher, kd, "distillkit.losses.mapping.none_mapping")  # logits only: fine
     hidden = DistillationLoss(kd=SoftTargetCrossEntropy(), intermediate={"hidden_mse": HiddenMSE()})
     with pytest.raises(ConfigError, match=r"\(hidden_mse\) need the teacher's hidden states.*"
                                           r"use loss=kd"):
-        check_offline(teacher, hidden, "distillkit.mapping.none_mapping")
+        check_offline(teacher, hidden, "distillkit.losses.mapping.none_mapping")
     with pytest.raises(ConfigError, match="no layers to map; use mapping=none"):
-        check_offline(teacher, kd, "distillkit.mapping.uniform_mapping")
+        check_offline(teacher, kd, "distillkit.losses.mapping.uniform_mapping")
     with pytest.raises(ConfigError, match=r"copies the teacher's layers.*student=bert4l"):
         student_from_teacher([0], teacher=teacher, labels=LABELS)
 
@@ -321,7 +321,7 @@ def test_offline_errors_are_one_line_and_exit_2(tmp_path, tok_dir, case):
 def test_snli_slice_exports_by_pair_id_and_distils_offline(tmp_path):
     """The packaged teacher + SNLI: train and transfer logits exported by pairID, then a
     bert4l student distilled from the two files with the default minilm6 tokenizer."""
-    from distillkit.assets import cache_root
+    from distillkit.runtime.assets import cache_root
 
     env = {"DISTILLKIT_CACHE": str(cache_root())}
     data = ["data.source.train_size=64", "data.source.validation_size=32",

@@ -26,7 +26,7 @@ def test_wheel_install_runs_without_the_repo(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(site), str(wheel)], check=True, capture_output=True)
     env = {"PYTHONPATH": str(site)}
-    where = subprocess.run([sys.executable, "-c", "import distillkit.cli as c; "
+    where = subprocess.run([sys.executable, "-c", "import distillkit.app.cli as c; "
                             "print(c.__file__); print(c.config_dir())"], env=env, cwd=tmp_path,
                            capture_output=True, text=True, check=True).stdout.split()
     assert all(p.startswith(str(site)) for p in where), where

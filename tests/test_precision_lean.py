@@ -12,11 +12,11 @@ from transformers import set_seed
 from distillkit.data import TextClassificationData, synthetic_nli
 from distillkit.engine import Distiller, EngineSettings, frozen
 from distillkit.engine import settings as settings_module
+from distillkit.engine.schedules import warmup_schedule
 from distillkit.errors import ConfigError
 from distillkit.losses import DistillationLoss, HiddenMSE, SoftTargetCrossEntropy
-from distillkit.mapping import uniform_mapping as uniform
+from distillkit.losses.mapping import uniform_mapping as uniform
 from distillkit.models import bert_student, first_layers, tiny_teacher
-from distillkit.schedules import warmup_schedule
 
 LABELS = ["entailment", "neutral", "contradiction"]
 
@@ -202,7 +202,7 @@ def test_teacher_logits_pass_halves_its_batch_on_out_of_memory(teacher, data, tm
                                                                monkeypatch):
     import copy
 
-    from distillkit import teacher_outputs
+    from distillkit.teachers.setup import outputs as teacher_outputs
     monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path))
     real = teacher_outputs.predict_logits
     sizes = []

@@ -9,8 +9,9 @@ import math
 import matplotlib.image
 import pytest
 
-from distillkit import report, report_plot
-from distillkit.report import collect, main, write_report
+from distillkit.reporting import plots as report_plot
+from distillkit.reporting import report
+from distillkit.reporting.report import collect, main, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

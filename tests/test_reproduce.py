@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from distillkit.reproduce import compare
+from distillkit.app.reproduce import compare
 from tests.conftest import TINY_RUN, run_cli
 
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from distillkit.reproduce import compare
+from distillkit.app.reproduce import compare
 from distillkit.run import KILL_AT_STEP_ENV
 from tests.conftest import TINY_RUN, run_cli
 

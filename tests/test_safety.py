@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from distillkit.errors import UnsafeConfigError
-from distillkit.safety import OptIns, check_config, opt_ins
+from distillkit.security.safety import OptIns, check_config, opt_ins
 from tests.conftest import CONF, TINY_RUN, one_error_line, run_cli
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "distillkit"
@@ -40,15 +40,15 @@ REFUSED = [
     ({"a": {"_target_": "os.system", "command": "x"}}, r"a._target_=os.system is not allowed"),
     ({"l": [1, {"_target_": "builtins.eval"}]}, r"l.1._target_=builtins.eval"),
     # defined in distillkit, but a file writer, not a factory
-    ({"a": {"_target_": "distillkit.io.write_json"}},
-     r"distillkit.io.write_json is not allowed: it is not on the allow-list"),
+    ({"a": {"_target_": "distillkit.runtime.io.write_json"}},
+     r"distillkit.runtime.io.write_json is not allowed: it is not on the allow-list"),
     # code loaders inside allowed packages, by any name
     ({"m": {"_target_": "torch.hub.load"}}, r"torch.hub.load is not allowed: it loads code"),
     ({"m": {"_target_": "torch.serialization.load"}}, r"torch.serialization.load is not all"),
     ({"m": {"_target_": "torch.load"}}, r"m._target_=torch.load is not allowed: it loads"),
     # walks through a module attribute that is not a submodule
     ({"m": {"_target_": "torch.os.system"}}, r"torch.os is the module os, not a submodule"),
-    ({"m": {"_target_": "distillkit.io.os.system"}}, r"distillkit.io.os is the module os"),
+    ({"m": {"_target_": "distillkit.runtime.io.os.system"}}, r"distillkit.runtime.io.os is the module os"),
     ({"m": {"_target_": "transformers.modeling_utils.torch.load"}},
      r"transformers.modeling_utils.torch is the module torch"),
     ({"m": {"_target_": "distillkit.models.bundle.torch.load"}}, r"is the module torch"),
@@ -63,11 +63,11 @@ REFUSED = [
     # the hydra section: callbacks, launcher, logging factories
     ({"hydra": {"callbacks": {"c": {"_target_": "hydra.utils.call"}}}},
      r"hydra.callbacks.c._target_=hydra.utils.call"),
-    ({"hydra": {"callbacks": {"c": {"_target_": "distillkit.io.write_json"}}}},
+    ({"hydra": {"callbacks": {"c": {"_target_": "distillkit.runtime.io.write_json"}}}},
      r"distillkit's own callbacks"),
     ({"hydra": {"launcher": {"_target_": "torch.optim.AdamW"}}}, r"launchers, sweepers"),
-    ({"hydra": {"sweeper": {"custom_search_space": "distillkit.io.write_json"}}},
-     r"hydra.sweeper.custom_search_space=distillkit.io.write_json is not allowed"),
+    ({"hydra": {"sweeper": {"custom_search_space": "distillkit.runtime.io.write_json"}}},
+     r"hydra.sweeper.custom_search_space=distillkit.runtime.io.write_json is not allowed"),
     ({"hydra": {"job_logging": {"handlers": {"h": {"class": "subprocess.Popen"}}}}},
      r"hydra.job_logging.handlers.h.class=subprocess.Popen"),
     ({"hydra": {"hydra_logging": {"formatters": {"f": {"()": "os.system"}}}}},

@@ -1,4 +1,4 @@
-"""What a config *file* may not set (distillkit.shared_files), composed through the CLI's guard.
+"""What a config *file* may not set (distillkit.security.shared_files), composed through the CLI's guard.
 
 A file from a ``hydra.searchpath`` entry (as from ``--config-dir``) is not distillkit's own; the
 same keys given on the command line are the user's own choice and compose.
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from distillkit.compose_guard import guarded
 from distillkit.errors import UnsafeConfigError
-from distillkit.safety import OptIns, opt_ins
-from distillkit.shared_files import check_overrides
+from distillkit.security.compose_guard import guarded
+from distillkit.security.safety import OptIns, opt_ins
+from distillkit.security.shared_files import check_overrides
 from tests.conftest import CONF
 
 EXP = "experiment/evil.yaml"
@@ -130,7 +130,7 @@ ALLOWED = {
                              ["experiment=evil", "allow_targets=[torch.]"]),
     # what a file may set
     "own_callback": ({EXP: "hydra:\n  callbacks:\n    again:\n      _target_: "
-                           "distillkit.sweep.SweepSummary\n"}, ["experiment=evil"]),
+                           "distillkit.reporting.sweep.SweepSummary\n"}, ["experiment=evil"]),
     "args_of_torch": ({EXP: "loss:\n  projection:\n    _args_: [4, 4]\n"},
                       ["experiment=evil", "loss=mmd"]),
     "empty_allow_targets": ({EXP: "allow_targets: []\n"}, ["experiment=evil"]),
@@ -166,11 +166,11 @@ def test_the_sweepers_job_overrides_are_checked_against_the_command_line():
 
 def test_a_sweep_job_composed_in_another_process_is_checked(tmp_path):
     """What a joblib worker or a SLURM task does: compose a job from the master config
-    without the CLI's guard (importing distillkit.cli installed the sweep guard)."""
+    without the CLI's guard (importing distillkit.app.cli installed the sweep guard)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from distillkit.schemas import register_schemas
+    from distillkit.app.schemas import register_schemas
 
     register_schemas()
     search = _shared(tmp_path, {

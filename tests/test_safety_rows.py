@@ -102,7 +102,7 @@ def test_control_row3_positional_trust_remote_code_runs_the_models_code(tmp_path
     assert marker.exists()
 
 
-@pytest.mark.parametrize("target", ["torch.os.system", "distillkit.io.os.system"])
+@pytest.mark.parametrize("target", ["torch.os.system", "distillkit.runtime.io.os.system"])
 def test_control_row6_a_walk_through_a_module_attribute_reaches_os_system(tmp_path, target):
     marker = tmp_path / "pwned"
     _locate(target)(command=f"touch {marker}")
@@ -171,7 +171,7 @@ def test_row4_a_logging_file_handler(tmp_path, section):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("target", ["torch.os.system", "distillkit.io.os.system"])
+@pytest.mark.parametrize("target", ["torch.os.system", "distillkit.runtime.io.os.system"])
 def test_row6_a_walk_through_a_module_attribute(tmp_path, target):
     marker = tmp_path / "pwned"
     proc = _experiment(tmp_path, f"loss:\n  kd:\n    _target_: {target}\n"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from distillkit import provenance
 from distillkit.errors import ConfigError
-from distillkit.export_logits import ExportRequest
-from distillkit.io import write_dir, write_file
+from distillkit.reporting import provenance
+from distillkit.runtime.io import write_dir, write_file
+from distillkit.teachers.export import ExportRequest
 from tests.conftest import TINY_RUN, run_cli
 
 QUICK = [*TINY_RUN, "teacher.finetune=false"]

@@ -13,7 +13,7 @@ from distillkit.data import TextClassificationData, synthetic_nli
 from distillkit.engine import EngineSettings, freeze_parameters
 from distillkit.errors import ConfigError
 from distillkit.models import pretrained_classifier, tiny_teacher
-from distillkit.teacher_stage import FinetuneSettings, cache_key, prepare_teacher
+from distillkit.teachers.finetune import FinetuneSettings, cache_key, prepare_teacher
 from tests.conftest import TINY_RUN, run_cli
 
 LABELS = ["entailment", "neutral", "contradiction"]

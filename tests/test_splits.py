@@ -13,7 +13,7 @@ from distillkit.data import TextClassificationData, local_files
 from distillkit.data.splits import stratified_indices
 from distillkit.errors import ConfigError, DataError
 from distillkit.models import tiny_teacher
-from distillkit.teacher_stage import FinetuneSettings, cache_key
+from distillkit.teachers.finetune import FinetuneSettings, cache_key
 
 # What conf/data/files.yaml sets (besides the files).
 FILES = {"eval_split": "validation", "test_split": "test", "validation_fraction": 0.1,

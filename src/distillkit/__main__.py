@@ -1,6 +1,6 @@
 """Entry point for ``python -m distillkit``."""
 
-from distillkit.cli import main
+from distillkit.app.cli import main
 
 if __name__ == "__main__":
     main()

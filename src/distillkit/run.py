@@ -3,11 +3,11 @@
 Only this module calls ``hydra.utils.instantiate``; the engine receives built objects.
 
 Run graph (each stage logs its start): build → teacher (fine-tune once, cached; per member
-of an ensemble, :mod:`distillkit.teachers`) → teacher outputs (logits once, cached) → distil
-(checkpointed; resumable) → evaluate (:mod:`distillkit.run_metrics`) → export.
+of an ensemble, :mod:`distillkit.teachers.setup`) → teacher outputs (logits once, cached) → distil
+(checkpointed; resumable) → evaluate (:mod:`distillkit.reporting.metrics`) → export.
 
 In a data-parallel run (``torchrun``, ``accelerate launch``, submitit tasks: see
-:mod:`distillkit.distributed`) every rank runs this graph: rank 0 builds first (so the teacher
+:mod:`distillkit.runtime.distributed`) every rank runs this graph: rank 0 builds first (so the teacher
 stage and the teacher logits are computed once, and the others read the caches), every rank
 trains and evaluates its share of the data, and rank 0 alone writes into the run directory.
 """
@@ -27,8 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from transformers import set_seed
 
-from distillkit import distributed, provenance
-from distillkit.checkpoint import (
+from distillkit.engine import Distiller, EngineSettings, freeze_parameters
+from distillkit.errors import ConfigError
+from distillkit.models import EnsembleTeacher, ModelBundle, count_parameters
+from distillkit.reporting import provenance
+from distillkit.reporting.hparams import hparams_of, log_hparams
+from distillkit.reporting.metrics import collect_metrics, evaluate_teacher, format_summary
+from distillkit.runtime import distributed
+from distillkit.runtime.checkpoint import (
     DIRNAME,
     CheckpointManager,
     check_resumable,
@@ -36,18 +42,13 @@ from distillkit.checkpoint import (
     flat_config,
     load_checkpoint,
 )
-from distillkit.engine import Distiller, EngineSettings, freeze_parameters
-from distillkit.errors import ConfigError
-from distillkit.export_logits import ExportRequest, export_teacher_logits
-from distillkit.hparams import hparams_of, log_hparams
-from distillkit.io import write_file, write_json, write_metrics, write_pretrained
-from distillkit.models import EnsembleTeacher, ModelBundle, count_parameters
-from distillkit.offline_logits import OfflineTeacher, check_offline, match_offline_logits
-from distillkit.run_metrics import collect_metrics, evaluate_teacher, format_summary
-from distillkit.safety import OptIns, check_config, opt_ins
+from distillkit.runtime.io import write_file, write_json, write_metrics, write_pretrained
+from distillkit.security.safety import OptIns, check_config, opt_ins
 from distillkit.seq2seq.run import check_task, run_seq2seq
-from distillkit.teacher_outputs import attach_teacher_logits, teacher_evaluation
-from distillkit.teachers import (
+from distillkit.teachers.export import ExportRequest, export_teacher_logits
+from distillkit.teachers.offline import OfflineTeacher, check_offline, match_offline_logits
+from distillkit.teachers.outputs import attach_teacher_logits, teacher_evaluation
+from distillkit.teachers.setup import (
     check_student,
     data_and_teacher,
     live_teacher,
@@ -215,7 +216,7 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None,
         out_dir: the run directory.
         launch: how Hydra launched the run (``overrides``, ``choices``, ``mode``), recorded
             in ``provenance.json`` and the HParams session.
-        opted: the command line's opt-ins (the CLI's, :mod:`distillkit.compose_guard`); None
+        opted: the command line's opt-ins (the CLI's, :mod:`distillkit.security.compose_guard`); None
             takes them from ``launch["overrides"]`` and the environment.
 
     Returns:
@@ -224,10 +225,10 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None,
 
     Raises:
         UnsafeConfigError: before anything is built or written, when the config names code
-            outside the allow-list (:mod:`distillkit.safety`).
+            outside the allow-list (:mod:`distillkit.security.safety`).
     """
     launch = launch or {}
-    # the CLI checked the composed config already (distillkit.compose_guard); this covers a
+    # the CLI checked the composed config already (distillkit.security.compose_guard); this covers a
     # config handed to run() directly, before anything is built or written
     check_config(cfg, opted if opted is not None else opt_ins(launch.get("overrides", ())))
     dist = distributed.current()

@@ -24,9 +24,9 @@ import re
 
 from datasets import Dataset, DatasetDict
 
-from distillkit.assets import asset_path
 from distillkit.data.sources import read_rows
 from distillkit.errors import ConfigError
+from distillkit.runtime.assets import asset_path
 
 DOMAIN_KEYWORDS: dict[str, frozenset[str]] = {
     "animals": frozenset("dog dogs puppy cat cats horse horses animal animals bird birds cow "

@@ -12,9 +12,9 @@ import random
 
 from datasets import Dataset, DatasetDict
 
-from distillkit.assets import asset_path
 from distillkit.data.sources import read_rows
 from distillkit.errors import ConfigError
+from distillkit.runtime.assets import asset_path
 
 _COLUMNS = ("sentence1", "sentence2", "gold_label", "pairID")
 

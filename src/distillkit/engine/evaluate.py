@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from distillkit.distributed import SINGLE, DistEnv
+from distillkit.runtime.distributed import SINGLE, DistEnv
 
 # Batch entries that are targets, not model inputs.
 NON_INPUT_KEYS = frozenset({"labels", "teacher_logits"})

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from distillkit.distributed import DistEnv
+from distillkit.runtime.distributed import DistEnv
 
 # The models' buffers (position ids) never change: no broadcast before every forward pass.
 _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}

@@ -8,7 +8,7 @@ A checkpoint holds, besides the model, loss, optimizer and scheduler states:
   the RNG states *as they were when the epoch started*. Resuming restores those, draws the same
   permutation again, skips the batches already trained on, then restores the step's RNG states.
 
-The engine hands checkpoint payloads to a :class:`CheckpointSink` (``distillkit.checkpoint``
+The engine hands checkpoint payloads to a :class:`CheckpointSink` (``distillkit.runtime.checkpoint``
 writes them to disk); it never decides where or how they are stored.
 """
 

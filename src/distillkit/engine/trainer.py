@@ -34,7 +34,6 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from distillkit.distributed import SINGLE, DistEnv
 from distillkit.engine.evaluate import evaluate, loss_inputs, model_inputs
 from distillkit.engine.nonfinite import NonFiniteWatch, check_finite_weights
 from distillkit.engine.parallel import ParallelStep
@@ -47,6 +46,7 @@ from distillkit.engine.resume import (
 )
 from distillkit.engine.settings import EngineSettings
 from distillkit.errors import TrainingError
+from distillkit.runtime.distributed import SINGLE, DistEnv
 
 log = logging.getLogger(__name__)
 

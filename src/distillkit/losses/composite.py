@@ -39,7 +39,7 @@ from torch import nn
 from distillkit.errors import ConfigError
 from distillkit.losses.layers import IntermediateTerms, ProjectionFactory
 from distillkit.losses.logits import HardCrossEntropy
-from distillkit.mapping import LayerPair
+from distillkit.losses.mapping import LayerPair
 
 _DECAYS = ("constant", "linear")
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from distillkit.errors import ConfigError
-from distillkit.mapping import LayerPair
+from distillkit.losses.mapping import LayerPair
 
 ProjectionFactory = Callable[[int, int], nn.Module]
 _FEATURE_OUTPUT = {"hidden": "hidden_states", "attention": "attentions"}

@@ -6,7 +6,7 @@ Compression across Domains" (ACL-IJCNLP): the meta-teacher is trained on every d
 ``loss = sum_i t_i (CE_i + domain_loss_weight * D_i) / sum_i t_i``
 
 * ``t_i``: the example's sample weight, its prototype score (transferability, computed by
-  :func:`distillkit.meta_teacher.prototype_scores`; 1 when the batch carries none);
+  :func:`distillkit.teachers.meta.prototype_scores`; 1 when the batch carries none);
 * ``CE_i``: cross-entropy with the gold label;
 * ``D_i``: the domain-corruption term. A small domain head reads the mean of the last hidden
   state over real tokens and is trained against corrupted domain labels; the paper corrupts

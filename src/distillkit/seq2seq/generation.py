@@ -5,7 +5,7 @@ source, ``max_new_tokens``, ``batch_size``) once; the outputs and their scores a
 ``<cache>/generations/<key>.json``, where the key hashes the teacher's weights, the sources'
 token ids, the generation settings (those that change the outputs) and the teacher's
 precision, under the same inter-process lock as the other teacher caches
-(:mod:`distillkit.locks`). :func:`write_parallel` writes what sequence-level KD trains on as
+(:mod:`distillkit.runtime.locks`). :func:`write_parallel` writes what sequence-level KD trains on as
 plain text: ``train.src`` / ``train.tgt`` (one pair per line, nothing else) and
 ``train.scores`` (the teacher's length-normalised log-probability of each line).
 """
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from distillkit.assets import cache_root
 from distillkit.errors import ConfigError, known_keys
-from distillkit.io import write_file, write_json
-from distillkit.locks import file_lock
 from distillkit.models import ModelBundle, update_weights_digest
+from distillkit.runtime.assets import cache_root
+from distillkit.runtime.io import write_file, write_json
+from distillkit.runtime.locks import file_lock
 
 log = logging.getLogger(__name__)
 

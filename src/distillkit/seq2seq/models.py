@@ -32,11 +32,11 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from distillkit.assets import asset_path
 from distillkit.errors import ConfigError, ModelError
 from distillkit.models import ModelBundle
 from distillkit.models.hf import _not_loaded
 from distillkit.models.tokenizers import tiny_tokenizer
+from distillkit.runtime.assets import asset_path
 from distillkit.seq2seq.arith import WORDS
 
 log = logging.getLogger(__name__)

@@ -24,15 +24,15 @@ from transformers import set_seed
 
 from distillkit.engine import Distiller, EngineSettings, frozen
 from distillkit.errors import ConfigError, ModelError
-from distillkit.io import write_file, write_metrics, write_pretrained
 from distillkit.models import ModelBundle, count_parameters
+from distillkit.runtime.io import write_file, write_metrics, write_pretrained
 from distillkit.seq2seq.data import Seq2SeqData
 from distillkit.seq2seq.evaluate import evaluate_generation
 from distillkit.seq2seq.generation import GenerationSettings, cached_generations, write_parallel
 from distillkit.seq2seq.losses import StepByStepLoss, TokenDistillationLoss
 from distillkit.seq2seq.models import decoder_start, vocab_size
 from distillkit.seq2seq.teacher_stage import eval_settings, prepare_seq2seq_teacher
-from distillkit.teacher_stage import FinetuneSettings
+from distillkit.teachers.finetune import FinetuneSettings
 
 log = logging.getLogger(__name__)
 SEQ2SEQ_PREFIX = "distillkit.seq2seq."

@@ -6,7 +6,7 @@ targets; both step-by-step tasks when the run distils step by step) before it te
 result is a ``save_pretrained`` directory under ``<cache>/teachers/<key>/``, where the key
 hashes the initial weights, the vocabulary, every training pair, the lengths, the fine-tune
 settings, the seed and the precision, as the classification teacher stage does
-(:mod:`distillkit.teacher_stage`).
+(:mod:`distillkit.teachers.finetune`).
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from distillkit.assets import cache_root
 from distillkit.engine import EngineSettings
 from distillkit.errors import ConfigError
-from distillkit.locks import file_lock
 from distillkit.models import ModelBundle, update_weights_digest
+from distillkit.runtime.assets import cache_root
+from distillkit.runtime.locks import file_lock
 from distillkit.seq2seq.data import Seq2SeqData
 from distillkit.seq2seq.evaluate import evaluate_generation
 from distillkit.seq2seq.generation import GenerationSettings
 from distillkit.seq2seq.losses import TokenDistillationLoss
-from distillkit.teacher_stage import (
+from distillkit.teachers.finetune import (
     MODES,
     FinetuneSettings,
     _precision,

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distillkit import provenance
 from distillkit.errors import DistillkitError
+from distillkit.reporting import provenance
 
 log = logging.getLogger("distillkit")
 

@@ -12,7 +12,7 @@ The lists are deliberately short: distillkit's own factories that configs name (
 the README), the torch/transformers objects a config may use for the optimizer, the LR
 schedule and a projection, Hydra's and its plugins' launchers, sweepers and samplers, and the
 logging handlers/formatters Hydra's logging configs use. Anything else needs the user's
-opt-in on the command line (:mod:`distillkit.safety`).
+opt-in on the command line (:mod:`distillkit.security.safety`).
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ TASK = (
     "distillkit.losses.HardCrossEntropy", "distillkit.losses.HiddenMSE",
     "distillkit.losses.HiddenCosine", "distillkit.losses.AttentionMSE",
     "distillkit.losses.AttentionKL", "distillkit.losses.GramMMD",
-    "distillkit.mapping.none_mapping", "distillkit.mapping.explicit_mapping",
-    "distillkit.mapping.uniform_mapping", "distillkit.mapping.last_mapping",
+    "distillkit.losses.mapping.none_mapping", "distillkit.losses.mapping.explicit_mapping",
+    "distillkit.losses.mapping.uniform_mapping", "distillkit.losses.mapping.last_mapping",
     "distillkit.data.TextClassificationData", "distillkit.data.local_files",
     "distillkit.data.hub_dataset", "distillkit.data.snli", "distillkit.data.snli_domains",
     "distillkit.data.synthetic_nli",
     "distillkit.models.tiny_teacher", "distillkit.models.bert_student",
     "distillkit.models.student_from_teacher", "distillkit.models.pretrained_classifier",
     "distillkit.models.pretrained_student", "distillkit.models.packaged_classifier",
-    "distillkit.models.teacher_ensemble", "distillkit.offline_logits.offline_teacher",
-    "distillkit.schedules.warmup_schedule",
+    "distillkit.models.teacher_ensemble", "distillkit.teachers.offline.offline_teacher",
+    "distillkit.engine.schedules.warmup_schedule",
     "distillkit.seq2seq.Seq2SeqData", "distillkit.seq2seq.TokenDistillationLoss",
     "distillkit.seq2seq.StepByStepLoss", "distillkit.seq2seq.hub_seq2seq",
     "distillkit.seq2seq.t5_from_scratch", "distillkit.seq2seq.bert2bert_minilm",
@@ -68,7 +68,7 @@ HYDRA = (
     "optuna.samplers.CmaEsSampler", "optuna.samplers.NSGAIISampler",
 )
 # hydra.callbacks: distillkit's own.
-CALLBACKS = ("distillkit.sweep.SweepSummary", "distillkit.distributed_hydra.SharedRunDir")
+CALLBACKS = ("distillkit.reporting.sweep.SweepSummary", "distillkit.runtime.distributed_hydra.SharedRunDir")
 # The ``class`` / ``()`` factories of hydra.job_logging / hydra.hydra_logging.
 LOGGING = (
     "logging.StreamHandler", "logging.FileHandler", "logging.NullHandler", "logging.Formatter",

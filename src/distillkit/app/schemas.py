@@ -46,7 +46,7 @@ class TrainerSchema(EngineSettings):
 
     ``checkpoint_every_steps``: write a resumable checkpoint to ``<run>/checkpoints/`` every N
     optimizer steps (and after each evaluation); null: no checkpoints. ``keep_checkpoints``:
-    how many of the newest to keep (the best one is kept as well). See distillkit.checkpoint.
+    how many of the newest to keep (the best one is kept as well). See distillkit.runtime.checkpoint.
 
     ``freeze``: parameter-name patterns of the student kept at their initial values
     (distillkit.engine.freeze_parameters); empty: the whole student trains.
@@ -60,7 +60,7 @@ class TrainerSchema(EngineSettings):
     optimizer: Any = field(default_factory=lambda: {
         "_target_": "torch.optim.AdamW", "_partial_": True, "lr": 5e-5, "weight_decay": 0.01})
     scheduler: Any = field(default_factory=lambda: {
-        "_target_": "distillkit.schedules.warmup_schedule", "_partial_": True,
+        "_target_": "distillkit.engine.schedules.warmup_schedule", "_partial_": True,
         "name": "linear", "warmup_ratio": 0.1})
 
 
@@ -150,7 +150,7 @@ class Seq2SeqDataSchema:
 
 @dataclass
 class ExportSchema:
-    """The ``export`` section: what ``mode=export_logits`` writes (distillkit.export_logits).
+    """The ``export`` section: what ``mode=export_logits`` writes (distillkit.teachers.export).
 
     ``split``: a split role (train, eval, test, transfer) or a split name of the data;
     ``path``: the file (null: ``<run dir>/teacher_logits_<split>.<ext>``); ``format``: tsv or

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distillkit.assets import cache_root
 from distillkit.data import TextClassificationData
 from distillkit.data.sampling import restore_order
 from distillkit.engine import EngineSettings, frozen, predict_logits
-from distillkit.io import write_file
-from distillkit.locks import file_lock
 from distillkit.models import EnsembleTeacher, ModelBundle, combine_logits, update_weights_digest
+from distillkit.runtime.assets import cache_root
+from distillkit.runtime.io import write_file
+from distillkit.runtime.locks import file_lock
 
 log = logging.getLogger(__name__)
 

@@ -29,16 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from distillkit.assets import cache_root
 from distillkit.data import TextClassificationData
 from distillkit.data.sampling import restore_order
 from distillkit.engine import EngineSettings
 from distillkit.engine.evaluate import model_inputs
 from distillkit.errors import ConfigError
-from distillkit.io import write_file
 from distillkit.losses import MetaTeacherLoss
 from distillkit.losses.meta import masked_mean_pool
 from distillkit.models import ModelBundle, update_weights_digest
+from distillkit.runtime.assets import cache_root
+from distillkit.runtime.io import write_file
 
 log = logging.getLogger(__name__)
 DOMAIN_CHOICES = ("target", "all")

@@ -1,7 +1,7 @@
 """``distillkit predict <run dir or student dir> <file or ->``: the student on new text.
 
 Loads a distilled student (a run directory's ``student/``, or any ``save_pretrained``
-sequence-classification directory), reads the texts (:mod:`distillkit.predict_inputs`) and
+sequence-classification directory), reads the texts (:mod:`distillkit.app.predict_inputs`) and
 writes one row per input, in input order: the input's id (when it has an id column), the
 predicted label and the probability of every label (``p_<label>``), as CSV or JSON lines, to
 a file or stdout, in batches, with a progress bar on stderr.
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from distillkit.app.predict_inputs import FORMATS, Inputs, read_input, select_columns
 from distillkit.errors import DataError, DistillkitError, ModelError
-from distillkit.predict_inputs import FORMATS, Inputs, read_input, select_columns
 
 log = logging.getLogger("distillkit")
 RUN_CONFIGS = ("resolved_config.yaml", ".hydra/config.yaml")
@@ -229,7 +229,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """``distillkit predict``; returns the exit code (2 with one ``error:`` line)."""
-    from distillkit.io import write_file
+    from distillkit.runtime.io import write_file
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -3,7 +3,7 @@
 The run builds the data and the teacher, runs the teacher stage (fine-tune if needed; cached),
 computes the teacher's raw (pre-temperature) logits for ``export.split`` in one inference pass
 and writes them with their row ids (``data.id_column``, or the row index) to ``export.path``
-(TSV or Parquet, see :mod:`distillkit.offline_logits`). Nothing is distilled. ``teacher=offline``
+(TSV or Parquet, see :mod:`distillkit.teachers.offline`). Nothing is distilled. ``teacher=offline``
 reads such a file back.
 """
 
@@ -21,10 +21,10 @@ from omegaconf import DictConfig
 
 from distillkit.engine import EngineSettings
 from distillkit.errors import ConfigError
-from distillkit.io import write_metrics
 from distillkit.models import ModelBundle
-from distillkit.offline_logits import EXTENSIONS, logits_format, write_logits
-from distillkit.teacher_outputs import compute_logits
+from distillkit.runtime.io import write_metrics
+from distillkit.teachers.offline import EXTENSIONS, logits_format, write_logits
+from distillkit.teachers.outputs import compute_logits
 
 log = logging.getLogger(__name__)
 

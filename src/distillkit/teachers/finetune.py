@@ -25,17 +25,17 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from distillkit.assets import cache_root
 from distillkit.data import TextClassificationData
 from distillkit.engine import Distiller, EngineSettings, freeze_parameters
+from distillkit.engine.schedules import warmup_schedule
 from distillkit.engine.settings import PRECISIONS
 from distillkit.errors import ConfigError, known_keys
-from distillkit.io import write_dir, write_json
-from distillkit.locks import file_lock
 from distillkit.losses import DistillationLoss
-from distillkit.meta_teacher import DOMAIN_CHOICES, WEIGHT_CHOICES, stage_inputs, training_role
 from distillkit.models import ModelBundle, pretrained_classifier, update_weights_digest
-from distillkit.schedules import warmup_schedule
+from distillkit.runtime.assets import cache_root
+from distillkit.runtime.io import write_dir, write_json
+from distillkit.runtime.locks import file_lock
+from distillkit.teachers.meta import DOMAIN_CHOICES, WEIGHT_CHOICES, stage_inputs, training_role
 
 log = logging.getLogger(__name__)
 MODES = ("auto", True, False)
@@ -57,7 +57,7 @@ class FinetuneSettings:
         domains: ``target`` trains on the run's train split; ``all`` on the train split of
             every domain when ``data.domain`` picks a target domain (a Meta-KD meta-teacher).
         sample_weights: ``none``, or ``prototype``: each example weighted by its prototype
-            score (:mod:`distillkit.meta_teacher`; needs ``data.domain_column``).
+            score (:mod:`distillkit.teachers.meta`; needs ``data.domain_column``).
         prototype_alpha: weight of the example's own domain in its prototype score.
         domain_loss_weight: weight of Meta-KD's domain-corruption term
             (:class:`~distillkit.losses.MetaTeacherLoss`); 0: none.

@@ -17,11 +17,11 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from distillkit import distributed_hydra  # noqa: F401 - registers ${distillkit.rank0:...}
-from distillkit.compose_guard import current_opt_ins, guarded, install_sweep_guard
+from distillkit.app.hydra_setup import reported, task_started
+from distillkit.app.schemas import register_schemas
 from distillkit.errors import DistillkitError
-from distillkit.hydra_setup import reported, task_started
-from distillkit.schemas import register_schemas
+from distillkit.runtime import distributed_hydra  # noqa: F401 - registers ${distillkit.rank0:...}
+from distillkit.security.compose_guard import current_opt_ins, guarded, install_sweep_guard
 
 log = logging.getLogger("distillkit")
 JOB_NAME = "distillkit"
@@ -33,11 +33,11 @@ RERUN = "--experimental-rerun"
 
 def config_dir() -> str:
     """The built-in config directory: inside the installed package, or the repo's ``conf/``."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parents[1] / "conf"):
+    package = Path(__file__).resolve().parents[1]  # src/distillkit (or the installed package)
+    for candidate in (package / "conf", package.parents[1] / "conf"):
         if (candidate / "config.yaml").is_file():
             return str(candidate)
-    raise RuntimeError(f"distillkit's conf/ directory was not found near {here}")
+    raise RuntimeError(f"distillkit's conf/ directory was not found near {package}")
 
 
 # Every sweep job's config is checked where it is composed: here, or in a joblib worker or a
@@ -86,9 +86,9 @@ def _task(cfg: DictConfig) -> float:
     """
     global LAST_RUN_DIR
     task_started()  # Hydra's set-up is done: failures from here on are the run's
-    from distillkit.distributed_hydra import prepare_job
+    from distillkit.reporting.sweep import clear_failure, record_failure
     from distillkit.run import run  # heavy imports only once the config composed
-    from distillkit.sweep import clear_failure, record_failure
+    from distillkit.runtime.distributed_hydra import prepare_job
 
     main_rank = prepare_job().is_main  # a data-parallel run: rank 0 alone writes files
     hc = HydraConfig.get()
@@ -129,7 +129,7 @@ def _task(cfg: DictConfig) -> float:
 
 def _sweep_failures() -> int:
     """Exit code after a multirun: 2 when a job failed (the summary lists it), else 0."""
-    from distillkit import sweep
+    from distillkit.reporting import sweep
 
     summary = sweep.LAST_SUMMARY
     if not summary or not summary["failed"]:
@@ -145,8 +145,8 @@ def _app(argv: list[str]) -> None:
     """Runs the Hydra app with ``argv`` as its command line.
 
     A config that does not compose, or names code outside the allow-list
-    (:mod:`distillkit.safety`), ends it with one ``error:`` line and exit code 2 before Hydra
-    creates anything (:mod:`distillkit.compose_guard`).
+    (:mod:`distillkit.security.safety`), ends it with one ``error:`` line and exit code 2 before Hydra
+    creates anything (:mod:`distillkit.security.compose_guard`).
     """
     if any(a in ("--config-path", "-cp") or a.startswith("--config-path=") for a in argv) \
             and not any(a.startswith("hydra.job.name=") for a in argv):
@@ -168,22 +168,22 @@ def main() -> None:
     """Console entry point."""
     command = sys.argv[1] if len(sys.argv) > 1 else None
     if command == "fetch":
-        from distillkit.assets import main as fetch_main
+        from distillkit.runtime.assets import main as fetch_main
 
         sys.exit(fetch_main(sys.argv[1:]))
     if command == "report":
-        from distillkit.report import main as report_main
+        from distillkit.reporting.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
     if command == "predict":
-        from distillkit.predict import main as predict_main
+        from distillkit.app.predict import main as predict_main
 
         sys.exit(predict_main(sys.argv[2:]))
     if command == "reproduce":
-        from distillkit.reproduce import main as reproduce_main
+        from distillkit.app.reproduce import main as reproduce_main
 
         sys.exit(reproduce_main(sys.argv[2:], _app, lambda: LAST_RUN_DIR))
-    from distillkit import distributed
+    from distillkit.runtime import distributed
 
     try:
         _app(sys.argv[1:])

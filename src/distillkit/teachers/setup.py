@@ -24,7 +24,7 @@ from transformers import set_seed
 from distillkit.engine import EngineSettings
 from distillkit.errors import ConfigError, ModelError
 from distillkit.models import EnsembleTeacher, ModelBundle, check_compatible, first_layers
-from distillkit.teacher_stage import MODES, FinetuneSettings, prepare_teacher
+from distillkit.teachers.finetune import MODES, FinetuneSettings, prepare_teacher
 
 log = logging.getLogger(__name__)
 

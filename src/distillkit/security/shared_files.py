@@ -30,9 +30,9 @@ from pathlib import PurePath
 
 from omegaconf import DictConfig, OmegaConf
 
-from distillkit import targets
 from distillkit.errors import UnsafeConfigError
-from distillkit.safety import OPT_IN_KEY, REMOTE_CODE_KEY, OptIns, walk
+from distillkit.security import targets
+from distillkit.security.safety import OPT_IN_KEY, REMOTE_CODE_KEY, OptIns, walk
 
 # config path -> what it does (why a file may not set it)
 SENSITIVE = {
@@ -168,7 +168,7 @@ def check_overrides(overrides: Sequence[str], opted: OptIns) -> None:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from distillkit.safety import override_path
+    from distillkit.security.safety import override_path
 
     parser = OverridesParser.create()
     for text in overrides:

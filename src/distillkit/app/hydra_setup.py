@@ -6,7 +6,7 @@ setting of those that fails (a log file in a directory that does not exist, a ca
 takes other arguments, a run directory that cannot be created) would end with Hydra's
 traceback and exit code 1. While :func:`reported` is active it ends like every other user
 error instead: one line naming what failed, and exit code 2. Failures after the task started
-are left to the task's own handling (:mod:`distillkit.cli`) and to Hydra, as before; with
+are left to the task's own handling (:mod:`distillkit.app.cli`) and to Hydra, as before; with
 ``HYDRA_FULL_ERROR=1`` Hydra reports everything itself.
 """
 

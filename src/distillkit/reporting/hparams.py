@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from distillkit.report import IGNORED_OVERRIDES
+from distillkit.reporting.report import IGNORED_OVERRIDES
 
 # Keys every run reports, so jobs of different sweeps line up in the HParams table.
 COMMON_KEYS = ("loss.temperature", "loss.alpha", "trainer.optimizer.lr", "trainer.max_steps",

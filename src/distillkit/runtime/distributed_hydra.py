@@ -11,7 +11,7 @@ Ranks > 0 write nothing there: ``hydra.output_subdir`` is ``${distillkit.rank0:.
 resolves to None (no ``.hydra/`` copy of the config) on ranks > 0 while every rank's config,
 and so the ``multirun.yaml`` each rank's sweeper saves, stays the same text; and
 :func:`prepare_job` sends their log lines to the console only
-(:func:`distillkit.distributed.configure_rank_logging`).
+(:func:`distillkit.runtime.distributed.configure_rank_logging`).
 
 Under submitit (``hydra/launcher=slurm``) the launcher names each job's directory once, when it
 submits the sweep, so every task already shares it; each task is one rank.
@@ -28,7 +28,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from distillkit import distributed
+from distillkit.runtime import distributed
 
 log = logging.getLogger(__name__)
 

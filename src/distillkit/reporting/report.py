@@ -8,9 +8,9 @@ its overrides. :func:`write_report` reads each job's ``.hydra/overrides.yaml``, 
 * ``summary.md``: the same, sorted best first, swept keys only (fixed ones listed above it),
   plus where the teacher came from in each job and the failed jobs' error lines;
 * ``summary.png``: student accuracy over the swept keys (a heatmap over temperature x alpha,
-  see :mod:`distillkit.report_plot`).
+  see :mod:`distillkit.reporting.plots`).
 
-It runs at the end of every multirun (:class:`distillkit.sweep.SweepSummary`) and as
+It runs at the end of every multirun (:class:`distillkit.reporting.sweep.SweepSummary`) and as
 ``distillkit report <sweep-dir>`` at any time, also while the sweep is still running.
 """
 
@@ -24,14 +24,14 @@ import logging
 import math
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from distillkit.errors import DistillkitError
-from distillkit.io import write_file
+from distillkit.reporting.jobs import Job, number, split_keys
+from distillkit.runtime.io import write_file
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +54,6 @@ METRICS = (
 
 class ReportError(DistillkitError):
     """The sweep directory cannot be summarised (missing, or holds no jobs)."""
-
-
-@dataclass
-class Job:
-    """One job of a sweep as found on disk.
-
-    Attributes:
-        name: the job's directory name (its overrides).
-        status: ``ok`` (metrics.json), ``failed`` (error.json) or ``unfinished`` (neither:
-            still running, or killed).
-        overrides: ``{key: value}`` from ``.hydra/overrides.yaml`` (values as typed).
-        values: the metric columns of :data:`METRICS` (finished jobs).
-        error: the failed job's error line.
-        stages: where the job's teacher and teacher logits came from.
-    """
-
-    name: str
-    status: str
-    overrides: dict[str, str] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    stages: dict[str, Any] = field(default_factory=dict)
 
 
 def _overrides(job_dir: Path) -> dict[str, str]:
@@ -121,34 +99,6 @@ def collect(sweep_dir: Path) -> list[Job]:
     return [j for j in jobs if j is not None]
 
 
-def _number(value: str) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def sort_key_values(values: list[str]) -> list[str]:
-    """Distinct override values, numerically sorted when all are numbers."""
-    distinct = list(dict.fromkeys(values))
-    if all(_number(v) is not None for v in distinct):
-        return sorted(distinct, key=_number)
-    return sorted(distinct)
-
-
-def split_keys(jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
-    """Keys whose value varies across jobs (in first-seen order) and the fixed ones."""
-    keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
-    swept, fixed = [], {}
-    for key in keys:
-        values = {j.overrides.get(key) for j in jobs}
-        if len(values) > 1:
-            swept.append(key)
-        else:
-            fixed[key] = next(iter(values))
-    return swept, fixed
-
-
 def ranked(jobs: list[Job]) -> list[Job]:
     """Finished jobs best objective first, then unfinished, then failed."""
     def key(job: Job):
@@ -169,10 +119,10 @@ def _fmt(value: Any) -> str:
 
 def _short(value: str) -> str:
     """An override value for the markdown table (long floats from a search cut to 4 digits)."""
-    number = _number(value)
-    if number is None or len(value) <= 8:
+    parsed = number(value)
+    if parsed is None or len(value) <= 8:
         return value
-    return f"{number:.4g}"
+    return f"{parsed:.4g}"
 
 
 def to_csv(jobs: list[Job]) -> str:
@@ -243,7 +193,7 @@ def write_report(sweep_dir: Path) -> dict[str, Any]:
     Raises:
         ReportError: the directory is missing or holds no job.
     """
-    from distillkit.report_plot import plot_summary  # matplotlib only when plotting
+    from distillkit.reporting.plots import plot_summary  # matplotlib only when plotting
 
     sweep_dir = Path(sweep_dir)
     jobs = collect(sweep_dir)

@@ -14,7 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from distillkit.io import write_file
+from distillkit.reporting.jobs import number, sort_key_values, split_keys
+from distillkit.runtime.io import write_file
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ def _accuracy(job: Any) -> float | None:
 
 
 def _heatmap(ax: Any, fig: Any, jobs: list, x_key: str, y_key: str) -> None:
-    from distillkit.report import sort_key_values
 
     xs = sort_key_values([j.overrides.get(x_key, "") for j in jobs])
     ys = sort_key_values([j.overrides.get(y_key, "") for j in jobs])
@@ -68,10 +68,9 @@ def _heatmap(ax: Any, fig: Any, jobs: list, x_key: str, y_key: str) -> None:
 
 
 def _scatter(ax: Any, fig: Any, jobs: list, x_key: str, y_key: str) -> None:
-    from distillkit.report import _number
 
     def coord(job, key):
-        value = _number(job.overrides.get(key, ""))
+        value = number(job.overrides.get(key, ""))
         return math.nan if value is None else value
 
     done = [j for j in jobs if _accuracy(j) is not None]
@@ -89,7 +88,6 @@ def _scatter(ax: Any, fig: Any, jobs: list, x_key: str, y_key: str) -> None:
 
 
 def _one_key(ax: Any, jobs: list, key: str) -> None:
-    from distillkit.report import _number, sort_key_values
 
     values = sort_key_values([j.overrides.get(key, "") for j in jobs])
     means = []
@@ -97,8 +95,8 @@ def _one_key(ax: Any, jobs: list, key: str) -> None:
         accs = [a for j in jobs if j.overrides.get(key, "") == value
                 and (a := _accuracy(j)) is not None]
         means.append(sum(accs) / len(accs) if accs else math.nan)
-    if all(_number(v) is not None for v in values):
-        ax.plot([_number(v) for v in values], means, marker="o")
+    if all(number(v) is not None for v in values):
+        ax.plot([number(v) for v in values], means, marker="o")
     else:
         ax.bar(range(len(values)), means)
         ax.set_xticks(range(len(values)), values, rotation=30, ha="right")
@@ -120,7 +118,6 @@ def plot_summary(jobs: list, path: Path, title: str = "") -> None:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    from distillkit.report import _number, split_keys
 
     swept, _ = split_keys(jobs)
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -131,7 +128,7 @@ def plot_summary(jobs: list, path: Path, title: str = "") -> None:
             x_key, y_key = axes
             distinct = [len({j.overrides.get(k) for j in jobs}) for k in axes]
             pairs = len({(j.overrides.get(x_key), j.overrides.get(y_key)) for j in jobs})
-            numeric = all(_number(j.overrides.get(k, "")) is not None for j in jobs for k in axes)
+            numeric = all(number(j.overrides.get(k, "")) is not None for j in jobs for k in axes)
             # a grid sweep fills its grid; a random search (Optuna) leaves it mostly empty
             if not numeric or (max(distinct) <= MAX_GRID
                                and pairs >= 0.5 * distinct[0] * distinct[1]):

@@ -4,7 +4,7 @@
   ``error.json`` (its error line) into its directory instead of stopping the sweep;
 * :class:`SweepSummary`: a Hydra callback (``hydra.callbacks.sweep_summary`` in
   ``conf/config.yaml``) that writes ``summary.csv``, ``summary.md`` and ``summary.png`` into
-  the sweep directory when the multirun ends (see :mod:`distillkit.report`).
+  the sweep directory when the multirun ends (see :mod:`distillkit.reporting.report`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from distillkit.io import write_json
-from distillkit.report import ERROR_FILE
+from distillkit.reporting.report import ERROR_FILE
+from distillkit.runtime.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarises the finished sweep (a failure to summarise never fails the sweep)."""
         global LAST_SUMMARY
-        from distillkit import distributed
-        from distillkit.report import write_report
+        from distillkit.reporting.report import write_report
+        from distillkit.runtime import distributed
 
         if not distributed.current().is_main:  # a torchrun sweep: rank 0 summarises
             return

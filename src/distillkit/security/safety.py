@@ -5,7 +5,7 @@ from someone else is code. Before anything is built, fetched or written, every `
 the composed config (the ``hydra`` section included: callbacks, launcher, sweeper, sampler,
 the Optuna sweeper's ``custom_search_space``) and every ``class`` / ``()`` factory of its
 logging configs is resolved to the object it names and allowed only when that object is on
-the allow-list of :mod:`distillkit.targets` (or opted in). A ``_target_`` written as, or
+the allow-list of :mod:`distillkit.security.targets` (or opted in). A ``_target_`` written as, or
 reached through, an interpolation (``${...}``) is refused: its object could change after the
 check. A model's own code from the hub (``trust_remote_code: true``) runs only when asked for
 on the command line, and the launcher's strings (which a SLURM launcher writes into a shell
@@ -15,7 +15,7 @@ Opting in is for the person running the command, never for a config file (a shar
 opt itself in): ``allow_targets=[mypkg.]`` or ``<key>.trust_remote_code=true`` on the command
 line, or ``DISTILLKIT_ALLOW_TARGETS=mypkg.,other.f`` in the environment. What a config *file*
 may not set at all (``hydra.job.env_set``, logging, foreign callbacks, ``_args_``,
-``allow_targets``) is checked by :mod:`distillkit.shared_files`.
+``allow_targets``) is checked by :mod:`distillkit.security.shared_files`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, ListConfig
 
-from distillkit import targets
 from distillkit.errors import UnsafeConfigError
+from distillkit.security import targets
 
 ENV_ALLOW = "DISTILLKIT_ALLOW_TARGETS"
 OPT_IN_KEY = "allow_targets"
@@ -185,7 +185,7 @@ def check_target(path: str, value: object, context: str, opted: OptIns = OptIns(
              "callback": "distillkit's own callbacks",
              "logging": "the standard logging handlers and formatters"}[context]
     raise UnsafeConfigError(
-        f"{head}: {reason} ({where}; distillkit.targets has the list); refused before "
+        f"{head}: {reason} ({where}; distillkit.security.targets has the list); refused before "
         f"anything ran. If you trust it, opt in on the command line "
         f"({OPT_IN_KEY}=[{target}]) or with {ENV_ALLOW}={target} (an {OPT_IN_KEY} set in a "
         "config file does not count)")

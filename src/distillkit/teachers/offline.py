@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 
 from distillkit.errors import ConfigError, DataError, ModelError
-from distillkit.io import write_file
 from distillkit.models import ModelBundle
+from distillkit.runtime.io import write_file
 
 log = logging.getLogger(__name__)
 
 FORMATS = {".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 EXTENSIONS = {"tsv": ".tsv", "parquet": ".parquet"}
-# Packaged model assets whose tokenizer teacher.tokenizer may name (distillkit.assets).
+# Packaged model assets whose tokenizer teacher.tokenizer may name (distillkit.runtime.assets).
 TOKENIZER_ASSETS = ("minilm6",)
 _SHOW = 5  # ids quoted in a missing-id error
 
@@ -263,7 +263,7 @@ def load_tokenizer(name: str):
     """
     from transformers import AutoTokenizer
 
-    from distillkit.assets import asset_path
+    from distillkit.runtime.assets import asset_path
 
     local = Path(name).expanduser()
     source = (str(local) if local.exists() else

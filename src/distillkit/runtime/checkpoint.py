@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from distillkit.errors import DistillkitError, OutputError
-from distillkit.io import write_file, write_json
+from distillkit.runtime.io import write_file, write_json
 
 log = logging.getLogger(__name__)
 

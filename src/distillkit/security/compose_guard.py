@@ -4,9 +4,9 @@ Hydra instantiates ``hydra.callbacks`` and the launcher, configures logging, app
 ``hydra.job.env_set`` and creates the run directory before the task function runs. So the
 checks are made where Hydra composes: while :func:`guarded` is active, every config Hydra
 composes in this process (the run's, the sweep's and each sweep job's) passes
-:func:`check_composed` first: what its untrusted files set (:mod:`distillkit.shared_files`;
+:func:`check_composed` first: what its untrusted files set (:mod:`distillkit.security.shared_files`;
 the files are recorded as Hydra loads them, with their source), what a sweeper added that the
-command line did not, and what its targets are (:mod:`distillkit.safety`), with the opt-ins of
+command line did not, and what its targets are (:mod:`distillkit.security.safety`), with the opt-ins of
 the command line. :func:`install_sweep_guard` does the same for sweep jobs composed in other
 processes (joblib workers, SLURM tasks). A refused config, or one that does not compose
 (unknown option, typo'd key, wrong type, bad override syntax), ends the command with one
@@ -29,8 +29,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from distillkit.errors import DistillkitError
-from distillkit.safety import OptIns, check_config, opt_ins
-from distillkit.shared_files import check_files, check_overrides
+from distillkit.security.safety import OptIns, check_config, opt_ins
+from distillkit.security.shared_files import check_files, check_overrides
 
 log = logging.getLogger("distillkit")
 EXIT_CODE = 2
@@ -113,8 +113,8 @@ def _recording() -> Iterator[list[tuple[str, DictConfig]]]:
 
 def check_composed(cfg: DictConfig, files: Sequence[tuple[str, DictConfig]],
                    opted: OptIns, overrides: Sequence[str] = ()) -> None:
-    """Every check of a composed config: what its files set (:mod:`distillkit.shared_files`),
-    what a sweeper added, and what its targets are (:func:`~distillkit.safety.check_config`).
+    """Every check of a composed config: what its files set (:mod:`distillkit.security.shared_files`),
+    what a sweeper added, and what its targets are (:func:`~distillkit.security.safety.check_config`).
 
     Raises:
         UnsafeConfigError: for the first refusal.
@@ -165,7 +165,7 @@ def install_sweep_guard(conf_dir: str) -> None:
     """Checks every sweep job's config wherever it is composed (idempotent).
 
     A launcher composes a job's config with ``load_sweep_config``, in this process (basic
-    launcher) or in a worker or SLURM task (joblib, submitit) that imports distillkit.cli
+    launcher) or in a worker or SLURM task (joblib, submitit) that imports distillkit.app.cli
     when it unpickles the task function, before it composes. The command line's opt-ins come
     from the sweep's master config (``hydra.overrides``, which a file may not set) and the
     environment. A refused job raises :class:`~distillkit.errors.UnsafeConfigError`.

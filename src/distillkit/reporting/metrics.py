@@ -27,7 +27,7 @@ def evaluate_teacher(distiller: Distiller, teacher: ModelBundle, loader: Any,
         teacher: the teacher.
         loader: the final split's batches.
         cached: returns the teacher's evaluation from its output cache
-            (:func:`distillkit.teacher_outputs.teacher_evaluation`); None: a live evaluation.
+            (:func:`distillkit.teachers.outputs.teacher_evaluation`); None: a live evaluation.
 
     Returns:
         The teacher's metrics (None without a teacher model: ``teacher=offline``) and, for an

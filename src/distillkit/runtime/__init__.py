@@ -1,0 +1,1 @@
+"""Process-level plumbing: distributed set-up, atomic file writes, locks, offline assets, checkpoints."""
