@@ -58,8 +58,10 @@ def _run_config(run_dir: Path) -> tuple[Path | None, dict[str, Any]]:
         if not path.is_file():
             continue
         cfg = OmegaConf.load(path)
-        if cfg.get("task", "classification") != "classification":
-            raise ModelError(f"{run_dir} is a task={cfg.task} run; distillkit predict "
+        task = cfg.get("task", "classification")
+        task = task.get("name") if OmegaConf.is_dict(task) else task
+        if task != "classification":
+            raise ModelError(f"{run_dir} is a task={task} run; distillkit predict "
                              "classifies text (task=classification runs)")
         data = cfg.get("data") or {}
         keys = ("text_column", "text_pair_column", "id_column", "max_length")

@@ -21,6 +21,7 @@ from typing import Any
 
 from distillkit.errors import DistillkitError
 from distillkit.reporting import provenance
+from distillkit.reporting.record import headline
 
 log = logging.getLogger("distillkit")
 
@@ -68,21 +69,26 @@ def compare(original: dict[str, Any], new: dict[str, Any],
                   ("teacher.accuracy", original["teacher"]["accuracy"],
                    new["teacher"]["accuracy"], 0.0)]
         return [f"{k}: {a} -> {b}" for k, a, b, t in checks if not _close(a, b, t)]
+    metric = headline(original)
     for who in ("teacher", "student"):
-        checks.append((f"{who}.accuracy", original[who]["accuracy"], new[who]["accuracy"], 0.0))
-        checks.append((f"{who}.loss", original[who]["loss"], new[who]["loss"], tol))
+        for name, value in original[who].items():  # every metric the task reports
+            if name != "seconds" and (value is None or isinstance(value, int | float)):
+                checks.append((f"{who}.{name}", value, new[who].get(name),
+                               tol if name == "loss" else 0.0))
     checks.append(("train.steps", original["train"]["steps"], new["train"]["steps"], 0.0))
     old_losses, new_losses = original["train"]["last_losses"], new["train"]["last_losses"]
     for name in sorted(set(old_losses) | set(new_losses)):
         checks.append((f"train.last_losses.{name}", old_losses.get(name),
                        new_losses.get(name), tol))
-    old_evals, new_evals = original["train"]["evals"], new["train"]["evals"]
+    old_evals = original["train"].get("evals", [])
+    new_evals = new["train"].get("evals", [])
     if len(old_evals) != len(new_evals):
         return [f"train.evals: {len(old_evals)} evaluations -> {len(new_evals)}"] + [
             f"{k}: {a} -> {b}" for k, a, b, t in checks if not _close(a, b, t)]
     for i, (a, b) in enumerate(zip(old_evals, new_evals, strict=True)):
-        checks.append((f"train.evals[{i}].accuracy", a["accuracy"], b["accuracy"], 0.0))
-        checks.append((f"train.evals[{i}].loss", a["loss"], b["loss"], tol))
+        checks.append((f"train.evals[{i}].{metric}", a[metric], b.get(metric), 0.0))
+        if "loss" in a:
+            checks.append((f"train.evals[{i}].loss", a["loss"], b.get("loss"), tol))
     return [f"{k}: {a} -> {b}" for k, a, b, t in checks if not _close(a, b, t)]
 
 
@@ -92,7 +98,7 @@ def main(argv: list[str], app: Callable[[list[str]], None],
     parser = argparse.ArgumentParser(
         prog="distillkit reproduce",
         description="Re-run a saved run from its .hydra/config.yaml and compare the metrics "
-                    "(accuracy equal, losses within 1e-6).")
+                    "(metrics equal, losses within 1e-6).")
     parser.add_argument("run_dir", type=Path, help="the saved run, e.g. outputs/<date>/<time>")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (hydra.run.dir=...)")
     args = parser.parse_args(argv)
@@ -125,6 +131,6 @@ def main(argv: list[str], app: Callable[[list[str]], None],
         log.error("error: the re-run in %s differs from %s: %s", new_dir, args.run_dir,
                   "; ".join(diffs))
         return 1
-    log.info("reproduced %s in %s: same accuracy and step count, losses within %g",
+    log.info("reproduced %s in %s: same metrics and step count, losses within %g",
              args.run_dir, new_dir, LOSS_TOLERANCE)
     return 0

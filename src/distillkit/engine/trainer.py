@@ -208,12 +208,13 @@ class Distiller:
     def _eval_student(self, loader: DataLoader | None, step: int, result: TrainResult) -> None:
         if loader is None:
             return
-        metrics = self.evaluate(self.student, loader, desc=f"eval@{step}")
+        metrics = self._evaluate_fn(self.student, loader, f"eval@{step}")
         result.evals.append({"step": step, **metrics})
-        log.info("step %d: student eval accuracy %.4f, loss %.4f", step,
-                 metrics["accuracy"], metrics["loss"])
+        shown = [name for name in (self._metric, "loss") if name in metrics]
+        log.info("step %d: student eval %s", step,
+                 ", ".join(f"{name} {metrics[name]:.4f}" for name in shown))
         if self.writer is not None:
-            for name in ("accuracy", "loss"):
+            for name in shown:
                 self.writer.add_scalar(f"eval/student/{name}", metrics[name], step)
 
     def _latest_checkpoint(self):
@@ -240,7 +241,7 @@ class Distiller:
         }
         if rank_rng is not None:
             state["rank_rng"] = rank_rng
-        metric = result.evals[-1]["accuracy"] if evaluated and result.evals else None
+        metric = result.evals[-1][self._metric] if evaluated and result.evals else None
         self.checkpoints.save(step, state, metric)
 
     def _rng_of(self, resume: dict[str, Any]) -> dict[str, Any]:
@@ -266,16 +267,22 @@ class Distiller:
         result.last_losses = dict(resume["result"]["last_losses"])
         result.evals = list(resume["result"]["evals"])
 
-    def fit(self, train_loader: DataLoader, eval_loader: DataLoader | None = None,
-            desc: str = "distil", resume: dict[str, Any] | None = None) -> TrainResult:
+    def fit(self, train_loader: DataLoader, eval_loader: Any = None,
+            desc: str = "distil", resume: dict[str, Any] | None = None,
+            evaluate: Callable[[nn.Module, Any, str], dict[str, Any]] | None = None,
+            metric: str = "accuracy") -> TrainResult:
         """Runs the training loop.
 
         Args:
             train_loader: batches with model inputs and ``labels``.
-            eval_loader: evaluated every ``eval_every_steps`` steps (or each epoch).
+            eval_loader: evaluated every ``eval_every_steps`` steps (or each epoch): batches
+                for :meth:`evaluate`, or whatever ``evaluate`` reads.
             desc: label of the progress bar.
             resume: a training state handed to the checkpoint sink by an earlier run with the
                 same settings and data; training continues from it exactly.
+            evaluate: the task's evaluation, ``(model, eval_loader, desc) -> metrics`` (default
+                :meth:`evaluate`: accuracy and loss of a classifier).
+            metric: the metric (higher is better) that picks the best checkpoint.
 
         Returns:
             Steps taken, time, last logged losses and the evaluation history.
@@ -285,6 +292,7 @@ class Distiller:
                 :mod:`distillkit.engine.nonfinite`); checkpoints written before it are kept.
         """
         s = self.settings
+        self._evaluate_fn, self._metric = evaluate or self.evaluate, metric
         if len(train_loader) == 0:
             raise TrainingError("the training split is empty; check data.train_split")
         total_steps = self.total_steps(train_loader)

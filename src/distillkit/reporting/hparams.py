@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from distillkit.reporting.record import headline
 from distillkit.reporting.report import IGNORED_OVERRIDES
 
 # Keys every run reports, so jobs of different sweeps line up in the HParams table.
@@ -68,11 +69,12 @@ def hparams_of(cfg: DictConfig, overrides: Iterable[str] = (),
 
 def final_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The metrics shown against the hyperparameters (tags under ``hparams/``)."""
+    metric = headline(metrics)
     values = {
-        "hparams/student_accuracy": metrics["student"]["accuracy"],
-        "hparams/teacher_accuracy": metrics["teacher"]["accuracy"],
+        f"hparams/student_{metric}": metrics["student"][metric],
+        f"hparams/teacher_{metric}": metrics["teacher"][metric],
         "hparams/retention": metrics["retention"],
-        "hparams/student_loss": metrics["student"]["loss"],
+        "hparams/student_loss": metrics["student"].get("loss"),
         "hparams/objective": metrics["objective"]["value"],
     }
     total = metrics.get("train", {}).get("last_losses", {}).get("total")

@@ -20,7 +20,8 @@ class Job:
         overrides: ``{key: value}`` from ``.hydra/overrides.yaml`` (values as typed).
         values: the metric columns of :data:`METRICS` (finished jobs).
         error: the failed job's error line.
-        stages: where the job's teacher and teacher logits came from.
+        stages: where the job's teacher and teacher targets came from.
+        metric: the job's headline metric (``metrics.json`` ``metric``).
     """
 
     name: str
@@ -29,6 +30,7 @@ class Job:
     values: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     stages: dict[str, Any] = field(default_factory=dict)
+    metric: str = "accuracy"
 
 
 def number(value: str) -> float | None:

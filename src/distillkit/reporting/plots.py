@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 PREFERRED_AXES = ("loss.temperature", "loss.alpha")
 MAX_GRID = 12  # at most this many values per heatmap axis (else a scatter plot)
-METRIC = "student_accuracy"
 
 
 def _axes_keys(swept: list[str]) -> list[str]:
@@ -31,7 +30,8 @@ def _axes_keys(swept: list[str]) -> list[str]:
 
 
 def _accuracy(job: Any) -> float | None:
-    value = job.values.get(METRIC)
+    """The job's student headline metric (accuracy for classification)."""
+    value = job.values.get(f"student_{job.metric}")
     return value if isinstance(value, int | float) and math.isfinite(value) else None
 
 

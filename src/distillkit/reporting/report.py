@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 from distillkit.errors import DistillkitError
 from distillkit.reporting.jobs import Job, number, split_keys
+from distillkit.reporting.record import headline
 from distillkit.runtime.io import write_file
 
 log = logging.getLogger(__name__)
@@ -38,18 +39,31 @@ log = logging.getLogger(__name__)
 ERROR_FILE = "error.json"
 # Override keys that say how to run, not what to run (left out of summaries and HParams).
 IGNORED_OVERRIDES = frozenset({"resume", "trainer.progress", "trainer.num_workers"})
-# (column, label in summary.md, getter from metrics.json)
+# (column, label in summary.md, getter from metrics.json); {metric}: the run's headline metric
+# (metrics.json "metric": accuracy for classification, exact_match/bleu/chrf for seq2seq)
 METRICS = (
-    ("student_accuracy", "student acc", lambda m: m["student"]["accuracy"]),
-    ("teacher_accuracy", "teacher acc", lambda m: m["teacher"]["accuracy"]),
-    ("retention", "retention", lambda m: m["retention"]),
-    ("student_loss", "student loss", lambda m: m["student"]["loss"]),
-    ("train_loss", "train loss", lambda m: m["train"]["last_losses"].get("total")),
-    ("objective", "objective", lambda m: m.get("objective", {}).get("value",
-                                                                   m["student"]["accuracy"])),
-    ("steps", "steps", lambda m: m["train"]["steps"]),
-    ("train_seconds", "train s", lambda m: m["train"]["seconds"]),
+    ("student_{metric}", "student {short}", lambda m, k: m["student"][k]),
+    ("teacher_{metric}", "teacher {short}", lambda m, k: m["teacher"][k]),
+    ("retention", "retention", lambda m, k: m["retention"]),
+    ("student_loss", "student loss", lambda m, k: m["student"].get("loss")),
+    ("train_loss", "train loss", lambda m, k: m["train"]["last_losses"].get("total")),
+    ("objective", "objective", lambda m, k: m.get("objective", {}).get("value",
+                                                                      m["student"][k])),
+    ("steps", "steps", lambda m, k: m["train"]["steps"]),
+    ("train_seconds", "train s", lambda m, k: m["train"]["seconds"]),
 )
+SHORT = {"accuracy": "acc", "exact_match": "EM", "bleu": "BLEU", "chrf": "chrF"}
+
+
+def columns(metric: str) -> list[tuple[str, str]]:
+    """The metric columns (name, summary.md label) of a sweep whose headline is ``metric``."""
+    short = SHORT.get(metric, metric)
+    return [(c.format(metric=metric), label.format(short=short)) for c, label, _ in METRICS]
+
+
+def sweep_metric(jobs: list[Job]) -> str:
+    """The headline metric of a sweep's finished jobs (one task per sweep)."""
+    return next((j.metric for j in jobs if j.status == "ok"), "accuracy")
 
 
 class ReportError(DistillkitError):
@@ -78,9 +92,11 @@ def read_job(job_dir: Path) -> Job | None:
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
         job.status = "ok"
+        job.metric = headline(metrics)
         for column, _, get in METRICS:
+            column = column.format(metric=job.metric)
             try:
-                job.values[column] = get(metrics)
+                job.values[column] = get(metrics, job.metric)
             except (KeyError, TypeError):
                 job.values[column] = None
         job.stages = metrics.get("stages", {})
@@ -128,14 +144,15 @@ def _short(value: str) -> str:
 def to_csv(jobs: list[Job]) -> str:
     """Every job with every override key and metric (full precision)."""
     keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
-    columns = ["job", "status", *keys, *(c for c, _, _ in METRICS), "teacher_source", "error"]
+    metric_columns = [c for c, _ in columns(sweep_metric(jobs))]
+    header = ["job", "status", *keys, *metric_columns, "teacher_source", "error"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
+    writer.writerow(header)
     for job in ranked(jobs):
         writer.writerow([job.name, job.status, *(job.overrides.get(k, "") for k in keys),
                          *("" if job.values.get(c) is None else job.values[c]
-                           for c, _, _ in METRICS),
+                           for c in metric_columns),
                          job.stages.get("teacher", ""), job.error or ""])
     return buf.getvalue()
 
@@ -145,17 +162,32 @@ def _stage_line(jobs: list[Job]) -> str | None:
     done = [j for j in jobs if j.status == "ok" and j.stages]
     if not done:
         return None
-    teacher = Counter({"cache": "reused from the cache", "fine-tuned": "fine-tuned",
-                       "as given": "used as given", "offline": "an offline logits file"
-                       }.get(j.stages.get("teacher"), "unknown") for j in done)
-    logits = Counter("not used" if isinstance(j.stages.get("teacher_logits"), str)
-                     else "computed" if "computed" in j.stages["teacher_logits"].values()
-                     else "read from a file" if "file" in j.stages["teacher_logits"].values()
-                     else "read from the cache" for j in done)
+    teacher = Counter(_teacher_origin(j.stages.get("teacher")) for j in done)
+    targets = Counter(_targets_origin(j.stages.get("teacher_targets",
+                                                   j.stages.get("teacher_logits")))
+                      for j in done)
 
     def say(counts: Counter) -> str:
         return ", ".join(f"{k} in {n} job(s)" for k, n in sorted(counts.items()))
-    return f"Teacher: {say(teacher)}. Teacher logits: {say(logits)}."
+    return f"Teacher: {say(teacher)}. Teacher targets: {say(targets)}."
+
+
+def _teacher_origin(origin: Any) -> str:
+    """One job's teacher stage in words (an ensemble: its members' origins)."""
+    words = {"cache": "reused from the cache", "fine-tuned": "fine-tuned",
+             "as given": "used as given", "offline": "an offline logits file"}
+    if isinstance(origin, dict):
+        return "ensemble: " + "/".join(words.get(o, "unknown") for o in origin.values())
+    return words.get(origin, "unknown")
+
+
+def _targets_origin(origin: Any) -> str:
+    """One job's teacher-targets stage in words (per split, or one origin)."""
+    values = set(origin.values()) if isinstance(origin, dict) else {origin}
+    if values & {"skipped", "not used", None}:
+        return "not used"
+    return ("computed" if "computed" in values else "read from a file" if "file" in values
+            else "read from the cache")
 
 
 def to_markdown(jobs: list[Job], sweep_dir: Path) -> str:
@@ -170,11 +202,12 @@ def to_markdown(jobs: list[Job], sweep_dir: Path) -> str:
     stage = _stage_line(jobs)
     if stage:
         lines += ["", stage]
-    header = ["#", *swept, *(label for _, label, _ in METRICS), "status"]
+    metric_columns = columns(sweep_metric(jobs))
+    header = ["#", *swept, *(label for _, label in metric_columns), "status"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, job in enumerate(ranked(jobs), 1):
         cells = [str(rank), *(_short(job.overrides.get(k, "")) for k in swept),
-                 *(_fmt(job.values.get(c)) for c, _, _ in METRICS),
+                 *(_fmt(job.values.get(c)) for c, _ in metric_columns),
                  job.status if job.status != "failed" else "**failed**"]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [j for j in jobs if j.status == "failed"]

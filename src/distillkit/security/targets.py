@@ -45,6 +45,7 @@ TASK = (
     "distillkit.seq2seq.StepByStepLoss", "distillkit.seq2seq.hub_seq2seq",
     "distillkit.seq2seq.t5_from_scratch", "distillkit.seq2seq.bert2bert_minilm",
     "distillkit.seq2seq.arith_word_problems",
+    "distillkit.tasks.classification.ClassificationTask", "distillkit.tasks.seq2seq.Seq2SeqTask",
     # optimizers (trainer.optimizer, a _partial_ called with the parameters)
     "torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD", "torch.optim.Adagrad",
     "torch.optim.Adadelta", "torch.optim.Adamax", "torch.optim.RMSprop", "torch.optim.RAdam",

@@ -21,10 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import set_seed
 
-from distillkit.engine import EngineSettings
 from distillkit.errors import ConfigError, ModelError
 from distillkit.models import EnsembleTeacher, ModelBundle, check_compatible, first_layers
-from distillkit.teachers.finetune import MODES, FinetuneSettings, prepare_teacher
+from distillkit.pipeline.context import TeacherPlan
+from distillkit.teachers.finetune import MODES, FinetuneSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,44 +60,45 @@ def _build_member(name: str, spec: dict[str, Any], labels: list[str]) -> ModelBu
     return factory(**kwargs)
 
 
-def data_and_teacher(cfg: DictConfig, settings: EngineSettings,
-                     check: Callable[[Any, ModelBundle], None]) -> tuple[Any, ModelBundle]:
-    """Builds the data and the teacher, calls ``check(data, teacher)``, tokenises the data
-    with the teacher's tokenizer and runs the teacher stage (fine-tune once; cached).
+def build_teacher(cfg: DictConfig, labels: list[str]) -> tuple[ModelBundle, TeacherPlan]:
+    """Builds the teacher as configured (before its teacher stage) and the plan the teacher
+    stage follows: each teacher model's fine-tune mode and settings.
 
-    For an ensemble, ``check`` sees the ensemble of the members as built (before any
-    fine-tuning), the data is tokenised with the intermediate member's tokenizer (every member
-    shares its vocabulary), and the returned ensemble holds the members after their stage.
+    For an ensemble the returned bundle combines the members as built; the plan holds the
+    members and the combine function, so the teacher stage can combine them again after each
+    member's own stage.
     """
-    data = instantiate(cfg.data)
     spec = OmegaConf.to_container(cfg.teacher, resolve=True)
     members = spec.pop("members", None)
     if members is None:
         mode, ft_settings = _stage_settings(spec, "teacher")
         _seed_head(ft_settings)
-        teacher: ModelBundle = instantiate(spec)(labels=data.labels)
-        check(data, teacher)  # fail fast, before any tokenising or training
-        data.tokenize(teacher.tokenizer)
-        log.info("== stage: teacher")
-        return data, prepare_teacher(teacher, mode, ft_settings, data, settings)
+        teacher: ModelBundle = instantiate(spec)(labels=labels)
+        return teacher, TeacherPlan(modes={"teacher": (mode, ft_settings)})
     if not isinstance(members, dict):
         raise ConfigError("teacher.members must map member names to teacher configs")
     combine = instantiate(spec)  # partial: (members, labels) -> EnsembleTeacher
-    stages = {str(n): _stage_settings(m, f"teacher.members.{n}") if isinstance(m, dict)
-              else ("auto", FinetuneSettings()) for n, m in members.items()}
+    modes = {str(n): _stage_settings(m, f"teacher.members.{n}") if isinstance(m, dict)
+             else ("auto", FinetuneSettings()) for n, m in members.items()}
     built = {}
     for name, member_spec in members.items():
-        _seed_head(stages[str(name)][1])
-        built[str(name)] = _build_member(str(name), member_spec, data.labels)
-    teacher = combine(members=built, labels=data.labels)
-    check(data, teacher)
-    data.tokenize(teacher.tokenizer)
-    log.info("== stage: teacher")
+        _seed_head(modes[str(name)][1])
+        built[str(name)] = _build_member(str(name), member_spec, labels)
+    teacher = combine(members=built, labels=labels)
+    return teacher, TeacherPlan(modes=modes, members=built, combine=combine)
+
+
+def prepare_teachers(teacher: ModelBundle, plan: TeacherPlan, labels: list[str],
+                     prepare: Callable[[ModelBundle, Any, Any], ModelBundle]) -> ModelBundle:
+    """Runs ``prepare(model, mode, settings)`` (one teacher model's stage) for the teacher, or
+    for every member of an ensemble, which it then combines again."""
+    if plan.members is None:
+        return prepare(teacher, *plan.modes["teacher"])
     ready = {}
-    for name, member in built.items():
+    for name, member in plan.members.items():
         log.info("teacher stage of ensemble member '%s' (%s)", name, member.name)
-        ready[name] = prepare_teacher(member, *stages[name], data, settings)
-    return data, combine(members=ready, labels=data.labels)
+        ready[name] = prepare(member, *plan.modes[name])
+    return plan.combine(members=ready, labels=labels)
 
 
 def student_basis(teacher: ModelBundle) -> ModelBundle:

@@ -1,0 +1,39 @@
+"""The built-in stages of the run graph; ``conf/task/<task>.yaml`` lists them by name.
+
+===================  ==========================================================================
+``build``            data, loss, the teacher as configured; student/mapping/loss checked
+``teacher``          fine-tune the teacher on the task once (per member of an ensemble); cached
+``teacher_targets``  teacher logits per split (cached, or from ``teacher=offline``'s file), or
+                     teacher generations (seq-KD, step by step; cached)
+``distil``           build the student on the trained teacher, train it (resume, checkpoints,
+                     DDP, evaluation during training by the task's metric)
+``evaluate``         teacher and student on the final split, by the task's metrics
+``export``           the student (``save_pretrained``) and the run record ``metrics.json``
+``export_logits``    ``mode=export_logits``: the teacher's logits for a split, to a file
+===================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from distillkit.errors import ConfigError
+from distillkit.pipeline.stage import Stage
+from distillkit.stages.build import BuildStage
+from distillkit.stages.distil import DistilStage
+from distillkit.stages.evaluate import EvaluateStage
+from distillkit.stages.export import ExportLogitsStage, ExportStage
+from distillkit.stages.teacher import TeacherStage, TeacherTargetsStage
+
+STAGES: dict[str, type] = {stage.name: stage for stage in (
+    BuildStage, TeacherStage, TeacherTargetsStage, DistilStage, EvaluateStage, ExportStage,
+    ExportLogitsStage)}
+
+
+def stages_named(names: Sequence[str]) -> list[Stage]:
+    """The built-in stages ``names`` lists, in order; an unknown name is refused."""
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ConfigError(f"task.pipeline names unknown stage(s) {', '.join(unknown)}; the "
+                          f"stages are {', '.join(STAGES)}")
+    return [STAGES[name]() for name in names]

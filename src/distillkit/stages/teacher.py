@@ -1,0 +1,46 @@
+"""The teacher stages: train the teacher on the task once (cached), then precompute what the
+student learns from (cached)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from distillkit.models import EnsembleTeacher
+from distillkit.pipeline.context import RunContext
+from distillkit.teachers.setup import prepare_teachers
+
+
+class TeacherStage:
+    """Fine-tunes the teacher on the task when its head is untrained (``teacher.finetune``),
+    once: later runs read it from the cache; an ensemble runs this per member."""
+
+    name = "teacher"
+    main_first = True
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Nothing to check before the build stage has run."""
+
+    def run(self, ctx: RunContext) -> Any:
+        plan = ctx.teacher_plan
+        labels = ctx.data.labels if plan.members is not None else []
+        ctx.teacher = teacher = prepare_teachers(ctx.teacher, plan, labels,
+                                                 partial(ctx.task.finetune, ctx))
+        if isinstance(teacher, EnsembleTeacher):
+            return {name: member.origin for name, member in teacher.members.items()}
+        return teacher.origin
+
+
+class TeacherTargetsStage:
+    """The teacher's outputs the student learns from, computed once per split and cached (or
+    read from a file): logits for a logit-only loss, generations for seq-KD and step by step.
+    ``skipped`` when the loss reads the live teacher (intermediate layers) or none."""
+
+    name = "teacher_targets"
+    main_first = True
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Nothing to check before the build stage has run."""
+
+    def run(self, ctx: RunContext) -> Any:
+        return ctx.task.teacher_targets(ctx)

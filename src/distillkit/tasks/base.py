@@ -1,0 +1,122 @@
+"""The task contract the shared stages call (:mod:`distillkit.stages`)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from distillkit.errors import ConfigError
+from distillkit.models import ModelBundle
+from distillkit.pipeline.context import Evaluation, RunContext
+
+# How the engine evaluates the student during training: (model, eval source, desc) -> metrics
+# keyed by metric name (the task's headline metric among them).
+Evaluator = Callable[[Any, Any, str], dict[str, Any]]
+SEQ2SEQ_PREFIX = "distillkit.seq2seq."
+OPTION_GROUPS = ("teacher", "student", "data", "loss")
+
+
+def check_options(cfg: DictConfig, task: str) -> None:
+    """Refuses a mix of classification and seq2seq options, naming the option and the fix."""
+    for group in OPTION_GROUPS:
+        target = str(cfg[group].get("_target_", ""))
+        seq2seq = target.startswith(SEQ2SEQ_PREFIX)
+        if seq2seq != (task == "seq2seq"):
+            kind = "a seq2seq" if seq2seq else "a classification"
+            fix = ("add task=seq2seq" if seq2seq else
+                   "pick a seq2seq option (teacher=t5_small_scratch|bert2bert_minilm|t5_hub|"
+                   "flan_t5|marian, student=t5_tiny, data=arith, loss=seq_word_kd|seq_kd|"
+                   "step_by_step) or an experiment=arith_*")
+            raise ConfigError(f"{group} ({target}) is {kind} option but task={task}; {fix}")
+
+
+class Task(ABC):
+    """A distillation task: its pipelines, metric, data and evaluation.
+
+    Args:
+        name: the task's name (``task=<name>``).
+        pipeline: the stage names per mode (``{"distil": [...], "export_logits": [...]}``).
+    """
+
+    def __init__(self, name: str, pipeline: Mapping[str, Sequence[str]]) -> None:
+        self.name = name
+        self.pipeline = {str(mode): [str(s) for s in names] for mode, names in pipeline.items()}
+
+    def stages_for(self, mode: str) -> list[str]:
+        """The stage names of ``mode``; a mode the task has no pipeline for is refused."""
+        if mode not in self.pipeline:
+            raise ConfigError(f"mode={mode} is not available for task={self.name}; pick one of "
+                              f"{', '.join(self.pipeline)}")
+        return self.pipeline[mode]
+
+    def check(self, cfg: DictConfig, dist: Any) -> None:
+        """Cheap checks of the config against the task, before anything is built: every
+        option of the teacher, student, data and loss groups is one of this task's."""
+        check_options(cfg, self.name)
+
+    @staticmethod
+    def objective(cfg: DictConfig, metric: str) -> str:
+        """What ``objective`` asks a sweeper to maximise: ``final`` (the student's headline
+        metric on the final split) or ``validation`` (on the validation split: tune on this).
+
+        ``objective`` is ``final`` or ``validation``, optionally with the task's metric:
+        ``final_accuracy``, ``validation_exact_match``.
+        """
+        value = str(cfg.get("objective", "final"))
+        kind = value.split("_", 1)[0]
+        if kind not in ("final", "validation") or value not in (kind, f"{kind}_{metric}"):
+            raise ConfigError(f"objective={value} is not one of final, validation, "
+                              f"final_{metric}, validation_{metric} (this task's metric is "
+                              f"{metric})")
+        return kind
+
+    @abstractmethod
+    def metric(self, ctx: RunContext) -> str:
+        """The headline metric's name (higher is better): best checkpoint, objective, report."""
+
+    @abstractmethod
+    def build(self, ctx: RunContext) -> None:
+        """Builds data, loss, the teacher as configured (``ctx.teacher_plan`` says how the
+        teacher stage treats it) and checks the student, mapping and loss against it."""
+
+    @abstractmethod
+    def finetune(self, ctx: RunContext, teacher: ModelBundle, mode: Any,
+                 settings: Any) -> ModelBundle:
+        """The teacher stage for one teacher model: as given, from the cache or trained now."""
+
+    @abstractmethod
+    def teacher_targets(self, ctx: RunContext) -> Any:
+        """Precomputes what the student learns from (teacher logits, generations); returns the
+        stage origin (``skipped`` when the loss reads the live teacher or no teacher)."""
+
+    @abstractmethod
+    def build_student(self, ctx: RunContext) -> None:
+        """Builds the student on the teacher as trained (``ctx.student``, ``ctx.pairs``)."""
+
+    @abstractmethod
+    def train_loader(self, ctx: RunContext) -> Any:
+        """The batches the student trains on."""
+
+    @abstractmethod
+    def evaluator(self, ctx: RunContext) -> tuple[Evaluator, Any] | None:
+        """What the engine evaluates the student with during training: ``(evaluate, source)``,
+        or None for no evaluation during training."""
+
+    @abstractmethod
+    def evaluate(self, ctx: RunContext) -> Evaluation:
+        """The final evaluation of teacher and student (metrics keyed by metric name)."""
+
+    @abstractmethod
+    def record(self, ctx: RunContext) -> dict[str, Any]:
+        """The task's own fields of the run record (``metrics.json``)."""
+
+    @abstractmethod
+    def summary(self, metrics: dict[str, Any]) -> str:
+        """The summary the run logs at its end."""
+
+    def export_note(self) -> str:
+        """How to load the exported student (logged after the export)."""
+        return "load it with transformers' from_pretrained"
