@@ -15,7 +15,7 @@ from distillkit.data import TextClassificationData, synthetic_nli
 from distillkit.engine import Distiller, EngineSettings
 from distillkit.engine.schedules import warmup_schedule
 from distillkit.errors import TrainingError
-from distillkit.losses import DistillationLoss, KLDivergence, LossOutput
+from distillkit.losses import DistillationLoss, KDLoss, KLDivergence, LossOutput
 from distillkit.models import bert_student, tiny_teacher
 
 LABELS = ["entailment", "neutral", "contradiction"]
@@ -86,7 +86,7 @@ def test_grad_accumulation_counts_optimizer_steps(data):
 
 
 def test_non_finite_loss_stops_with_clear_error(data):
-    class NanLoss(torch.nn.Module):
+    class NanLoss(KDLoss):
         needs_teacher = False
 
         def forward(self, student, teacher, batch):
@@ -99,7 +99,7 @@ def test_non_finite_loss_stops_with_clear_error(data):
 
 
 def test_first_non_finite_step_is_found_between_logs_and_never_checkpointed(data):
-    class NanFromStep3(torch.nn.Module):
+    class NanFromStep3(KDLoss):
         """Hard-label loss whose kd term turns NaN at the third forward pass."""
 
         needs_teacher = False

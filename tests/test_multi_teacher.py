@@ -14,6 +14,7 @@ from transformers import DistilBertConfig, DistilBertForSequenceClassification
 from distillkit.data import TextClassificationData, synthetic_nli
 from distillkit.engine import EngineSettings
 from distillkit.errors import ConfigError, ModelError
+from distillkit.losses import KDLoss
 from distillkit.losses.mapping import uniform_mapping
 from distillkit.models import (
     ModelBundle,
@@ -183,12 +184,16 @@ def test_mapping_resolves_against_the_intermediate_member(chosen, depth):
 def test_live_teacher_without_logits_runs_only_the_chosen_member():
     ens = teacher_ensemble(_members(), intermediate_teacher="wide", labels=LABELS)
 
-    class Features:  # a loss that reads teacher layers up to 2 and never its logits
+    class Logits(KDLoss):  # the contract's default: the whole teacher runs
+        def forward(self, student, teacher, batch):
+            raise AssertionError("not called")
+
+    class Features(Logits):  # a loss that reads teacher layers up to 2 and never its logits
         def teacher_depth(self):
             return 2
     model = live_teacher(ens, Features())
     assert model.config.num_hidden_layers == 2 and not isinstance(model, TeacherEnsemble)
-    assert live_teacher(ens, object()) is ens.model
+    assert live_teacher(ens, Logits()) is ens.model
 
 
 # -- teacher-output cache -------------------------------------------------------------------

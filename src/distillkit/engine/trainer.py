@@ -1,12 +1,12 @@
 """The generic distillation loop.
 
 The engine receives built objects only: a student and an (optional) teacher ``nn.Module``, a
-loss module with ``needs_teacher`` / ``forward(student_out, teacher_out, batch)``, factories
-for the optimizer and scheduler, and data loaders. It knows nothing about which loss, model or
-dataset it runs. A batch that carries ``teacher_logits`` (precomputed teacher outputs) is
-distilled from those instead of a live teacher forward pass. Hidden states and attention maps
-are requested from the models only at steps where the loss's ``required_features()`` names
-them; a loss with ``set_progress(step, total_steps)`` hears the step before each update.
+:class:`~distillkit.losses.contract.KDLoss`, factories for the optimizer and scheduler, and
+data loaders. It knows nothing about which loss, model or dataset it runs. A batch that carries
+``teacher_logits`` (precomputed teacher outputs) is distilled from those instead of a live
+teacher forward pass. Hidden states and attention maps are requested from the models only at
+steps where the loss's ``required_features()`` names them; the loss hears every step through
+``set_progress(step, total_steps)`` before its update.
 
 With a checkpoint sink the loop hands over its complete state (student, loss, optimizer,
 scheduler, RNG states, loader position, results so far) at checkpoint steps, and
@@ -46,6 +46,7 @@ from distillkit.engine.resume import (
 )
 from distillkit.engine.settings import EngineSettings
 from distillkit.errors import TrainingError
+from distillkit.losses.contract import KDLoss
 from distillkit.runtime.distributed import SINGLE, DistEnv
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,7 @@ class Distiller:
     Args:
         student: the model being trained.
         teacher: the frozen teacher (None when the loss needs no teacher).
-        loss: a module with ``needs_teacher`` and ``forward(student_out, teacher_out, batch)``
-            returning an object with ``total`` and ``terms``.
+        loss: the loss; its contract (:class:`~distillkit.losses.contract.KDLoss`) is all used.
         optimizer_factory: called with the trainable parameters.
         scheduler_factory: called as ``(optimizer, num_training_steps=N)``.
         settings: loop settings.
@@ -111,7 +111,7 @@ class Distiller:
         self,
         student: nn.Module,
         teacher: nn.Module | None,
-        loss: nn.Module,
+        loss: KDLoss,
         optimizer_factory: OptimizerFactory,
         scheduler_factory: SchedulerFactory,
         settings: EngineSettings,
@@ -120,6 +120,8 @@ class Distiller:
         step_callback: Callable[[int], None] | None = None,
         dist: DistEnv = SINGLE,
     ) -> None:
+        if not isinstance(loss, KDLoss):
+            raise TypeError(f"the loss must be a KDLoss, not {type(loss).__name__}")
         settings.validate()
         self.dist = dist
         self.settings = settings
@@ -129,7 +131,7 @@ class Distiller:
         self.student = student.to(self.device)
         self.loss = loss.to(self.device)
         self.teacher = None
-        if teacher is not None and getattr(loss, "needs_teacher", True):
+        if teacher is not None and loss.needs_teacher:
             self.teacher = frozen(teacher, self.device, self.teacher_dtype)
             self.teacher.train(settings.teacher_dropout)  # dropout on: stochastic targets
         # fp16 needs loss scaling; for bf16 and fp32 the scaler is a no-op
@@ -166,7 +168,7 @@ class Distiller:
 
     def _flags(self) -> dict[str, bool]:
         """Which optional model outputs the loss reads at this step."""
-        features = set(getattr(self.loss, "required_features", lambda: {"logits"})())
+        features = self.loss.required_features()
         return {"output_hidden_states": "hidden_states" in features,
                 "output_attentions": "attentions" in features}
 
@@ -175,7 +177,7 @@ class Distiller:
         if "teacher_logits" in batch and not needs_features:
             return {"logits": batch["teacher_logits"].to(self.device, non_blocking=True)}
         if self.teacher is None:
-            if getattr(self.loss, "needs_teacher", False):
+            if self.loss.needs_teacher:
                 raise TrainingError("the loss needs teacher outputs but there is no teacher "
                                     "and the batch carries no teacher_logits")
             return None
@@ -353,7 +355,7 @@ class Distiller:
                 in_epoch += 1
                 inputs = model_inputs(batch, self.device)
                 batch_on_device = {**inputs, **loss_inputs(batch, self.device)}
-                if micro % s.grad_accum_steps == 0 and hasattr(self.loss, "set_progress"):
+                if micro % s.grad_accum_steps == 0:
                     self.loss.set_progress(step, total_steps)
                 flags = self._flags()
                 teacher_out = self._teacher_outputs(inputs, batch, flags)

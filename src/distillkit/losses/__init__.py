@@ -1,6 +1,7 @@
 """Distillation losses: small ``nn.Module`` terms and the weighted composite."""
 
-from distillkit.losses.composite import DistillationLoss, LossOutput
+from distillkit.losses.composite import DistillationLoss
+from distillkit.losses.contract import KDLoss, LossOutput
 from distillkit.losses.intermediate import (
     AttentionKL,
     AttentionMSE,
@@ -24,8 +25,9 @@ __all__ = [
     "GramMMD",
     "HiddenCosine",
     "HiddenMSE",
-    "IntermediateTerms",
     "HardCrossEntropy",
+    "IntermediateTerms",
+    "KDLoss",
     "KLDivergence",
     "LossOutput",
     "MetaTeacherLoss",

@@ -31,12 +31,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from distillkit.errors import ConfigError
+from distillkit.losses.contract import KDLoss, LossOutput
 from distillkit.losses.layers import IntermediateTerms, ProjectionFactory
 from distillkit.losses.logits import HardCrossEntropy
 from distillkit.losses.mapping import LayerPair
@@ -44,20 +44,7 @@ from distillkit.losses.mapping import LayerPair
 _DECAYS = ("constant", "linear")
 
 
-@dataclass
-class LossOutput:
-    """Result of a loss call.
-
-    Attributes:
-        total: the scalar to back-propagate.
-        terms: every term's unweighted value (detached), keyed by name, for logging.
-    """
-
-    total: torch.Tensor
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-class DistillationLoss(nn.Module):
+class DistillationLoss(KDLoss):
     """Weighted sum of logit distillation, the hard-label loss and intermediate-layer terms.
 
     Args:
@@ -133,13 +120,31 @@ class DistillationLoss(nn.Module):
         self._scale = 1.0
 
     def bind(self, pairs: list[LayerPair], student_width: int, teacher_width: int) -> None:
-        """Binds the intermediate terms to the resolved mapping and builds projections."""
+        """Binds the intermediate terms to the resolved mapping and builds projections (any
+        mapping is accepted; without intermediate terms its pairs go unused)."""
         self.intermediate.bind(pairs, student_width, teacher_width)
         for key, value, off in (("intermediate_phase", self.intermediate_phase, 0.0),
                                 ("intermediate_decay", self.intermediate_decay, "constant")):
             if value != off and not self.intermediate.plan:
                 raise ConfigError(f"loss.{key}={value} needs intermediate terms and a layer "
                                   f"mapping; set loss.{key}={off}")
+
+    @property
+    def takes_mapping(self) -> bool:
+        """Whether the loss has intermediate terms to run over the layer mapping."""
+        return bool(self.intermediate.terms)
+
+    def describe_layers(self) -> str:
+        """The bound intermediate terms and projections in one line (``none`` without)."""
+        return self.intermediate.describe()
+
+    def layer_plan(self) -> list[tuple[str, LayerPair, float]]:
+        """Every bound ``(term name, pair, weight)`` of the intermediate terms."""
+        return list(self.intermediate.plan)
+
+    def layer_terms(self) -> list[str]:
+        """The names of the configured intermediate terms."""
+        return list(self.intermediate.terms)
 
     def set_progress(self, step: int, total_steps: int) -> None:
         """Called by the engine before each optimizer step (0-based): switches phases and sets

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillkit.losses.composite import LossOutput
+from distillkit.losses.contract import KDLoss, LossOutput
 
 
 def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-class MetaTeacherLoss(nn.Module):
+class MetaTeacherLoss(KDLoss):
     """Sample-weighted cross-entropy plus the weighted domain-corruption term.
 
     Args:
@@ -46,8 +46,6 @@ class MetaTeacherLoss(nn.Module):
     and ``loss_domain`` (domain ids, needed when ``domain_loss_weight > 0``).
     """
 
-    needs_teacher = False
-
     def __init__(self, width: int, num_domains: int, domain_loss_weight: float = 0.0) -> None:
         super().__init__()
         if not domain_loss_weight >= 0:
@@ -57,6 +55,11 @@ class MetaTeacherLoss(nn.Module):
         self.domain_head = (nn.Sequential(nn.Linear(width, width), nn.Tanh(),
                                           nn.Linear(width, self.num_domains))
                             if self.domain_loss_weight > 0 else None)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """False: the meta-teacher trains on labels (and domains) alone."""
+        return False
 
     def required_features(self) -> set[str]:
         """The model outputs read: logits, and the hidden states for the domain term."""

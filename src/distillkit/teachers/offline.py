@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from distillkit.errors import ConfigError, DataError, ModelError
+from distillkit.losses.contract import KDLoss
 from distillkit.models import ModelBundle
 from distillkit.runtime.io import write_file
 
@@ -332,13 +333,13 @@ def offline_teacher(logits_path: str, tokenizer: str = "minilm6",
                           format=format, id_column=id_column, logits_column=logits_column)
 
 
-def check_offline(teacher: OfflineTeacher, loss: Any, mapping_target: str) -> None:
+def check_offline(teacher: OfflineTeacher, loss: KDLoss, mapping_target: str) -> None:
     """Refuses what an offline teacher cannot give: hidden states, attentions, layers.
 
     Raises:
         ConfigError: for a loss with intermediate-layer terms or a layer mapping.
     """
-    terms = list(getattr(getattr(loss, "intermediate", None), "terms", None) or [])
+    terms = loss.layer_terms()
     if terms:
         raise ConfigError(
             f"the loss's intermediate terms ({', '.join(terms)}) need the teacher's hidden "

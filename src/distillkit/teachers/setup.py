@@ -22,6 +22,7 @@ from torch import nn
 from transformers import set_seed
 
 from distillkit.errors import ConfigError, ModelError
+from distillkit.losses.contract import KDLoss
 from distillkit.models import EnsembleTeacher, ModelBundle, check_compatible, first_layers
 from distillkit.pipeline.context import TeacherPlan
 from distillkit.teachers.finetune import MODES, FinetuneSettings
@@ -120,11 +121,11 @@ def check_student(teacher: ModelBundle, student: ModelBundle) -> None:
             raise ModelError(f"teacher.members.{name}: {exc}") from exc
 
 
-def live_teacher(teacher: ModelBundle, loss: Any) -> nn.Module:
+def live_teacher(teacher: ModelBundle, loss: KDLoss) -> nn.Module:
     """The teacher model the loop runs: without the layers above the deepest one the loss
     reads when it never reads the teacher's logits (of an ensemble, then only the
     intermediate member runs)."""
-    depth = getattr(loss, "teacher_depth", lambda: None)()
+    depth = loss.teacher_depth()
     if depth is None:
         return teacher.model
     source = student_basis(teacher)
