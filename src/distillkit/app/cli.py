@@ -17,6 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from distillkit.app import help as help_text
 from distillkit.app.hydra_setup import reported, task_started
 from distillkit.app.schemas import register_schemas
 from distillkit.errors import DistillkitError
@@ -43,6 +44,7 @@ def config_dir() -> str:
 # Every sweep job's config is checked where it is composed: here, or in a joblib worker or a
 # SLURM task, which import this module when they unpickle the task function.
 install_sweep_guard(config_dir())
+help_text.register(Path(config_dir()))
 
 
 def _user_error(exc: BaseException) -> DistillkitError | None:
