@@ -353,3 +353,11 @@ def test_the_untested_commands_are_printed_in_development_md():
         if line.startswith("|") and len(cells) == 2 and cells[0].startswith("`"):
             rows[cells[0].strip("`")] = cells[1]
     assert rows == UNTESTED
+
+
+def test_the_readme_is_short_and_links_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 15_000
+    more = readme.split("## Where to read more\n", 1)[1]
+    linked = set(re.findall(r"\]\((docs/[\w-]+\.md)\)", more))
+    assert linked == {p.relative_to(ROOT).as_posix() for p in PAGES[1:]}
