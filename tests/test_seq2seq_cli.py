@@ -58,8 +58,8 @@ def test_sequence_kd_stage_writes_the_teachers_generations_and_caches_them(tmp_p
              "loss.sequence_kd.max_new_tokens=6", "loss.sequence_kd.mix_original=true"]
     _ok(run_cli([*TINY, *beams, f"hydra.run.dir={run_dir}"], cwd=tmp_path))
     metrics = _metrics(run_dir)
-    stage = metrics["stages"]["sequence_kd"]
-    assert stage["generations"] == "computed"
+    stage = metrics["targets"]["sequence_kd"]
+    assert stage["generations"] == "computed" and metrics["stages"]["teacher_targets"] == "computed"
     assert metrics["train"]["pairs"] == 48 * 3  # 2-best + the gold target per problem
     src = (run_dir / "seqkd" / "train.src").read_text().split("\n")[:-1]
     tgt = (run_dir / "seqkd" / "train.tgt").read_text().split("\n")[:-1]
@@ -68,7 +68,7 @@ def test_sequence_kd_stage_writes_the_teachers_generations_and_caches_them(tmp_p
     assert all("\t" not in line for line in src + tgt)
     assert sum(bool(line) for line in tgt) >= 48  # the trained teacher says something
     # the lines are what the cached teacher generates for those sources
-    path = metrics["stages"]["teacher_path"]
+    path = metrics["teacher_path"]
     teacher = AutoModelForSeq2SeqLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
     sources = src[::2]
@@ -80,8 +80,9 @@ def test_sequence_kd_stage_writes_the_teachers_generations_and_caches_them(tmp_p
     # a second run reads the teacher and its generations from the cache
     again = tmp_path / "again"
     _ok(run_cli([*TINY, *beams, f"hydra.run.dir={again}"], cwd=tmp_path))
-    stages = _metrics(again)["stages"]
-    assert stages["teacher"] == "cache" and stages["sequence_kd"]["generations"] == "cache"
+    record = _metrics(again)
+    assert record["stages"]["teacher"] == "cache" and record["stages"]["teacher_targets"] == "cache"
+    assert record["targets"]["sequence_kd"]["generations"] == "cache"
     assert (again / "seqkd" / "train.tgt").read_text().split("\n")[:-1] == tgt
 
 
@@ -103,8 +104,10 @@ def test_step_by_step_with_teacher_rationales_and_labels(tmp_path):
     run_dir = tmp_path / "run"
     _ok(run_cli([*TINY, "loss=step_by_step", "loss.rationale_source=teacher",
                  "loss.label_type=llm", f"hydra.run.dir={run_dir}"], cwd=tmp_path))
-    stages = _metrics(run_dir)["stages"]
-    assert stages["teacher_rationales"] == "computed" and stages["teacher_labels"] == "computed"
+    record = _metrics(run_dir)
+    targets = record["targets"]
+    assert targets["teacher_rationales"] == "computed" and targets["teacher_labels"] == "computed"
+    assert record["stages"]["teacher_targets"] == "computed"
 
 
 def test_classification_option_with_seq2seq_is_one_error_line(tmp_path):

@@ -25,7 +25,7 @@ from typing import Any
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from distillkit.errors import DistillkitError
@@ -178,7 +178,10 @@ def install_sweep_guard(conf_dir: str) -> None:
     def load_sweep_config(self: ConfigLoaderImpl, master_config: DictConfig,
                           sweep_overrides: list[str]) -> DictConfig:
         recorded = master_config.hydra.overrides
-        opted = opt_ins([*recorded.hydra, *recorded.task])
+        # as typed: an override's value may hold an interpolation Hydra resolves per job
+        # (hydra.sweep.subdir=${hydra.job.num}), which must not be resolved here
+        opted = opt_ins([*OmegaConf.to_container(recorded.hydra, resolve=False),
+                         *OmegaConf.to_container(recorded.task, resolve=False)])
         _STATE.setdefault("opted", opted)
         with _recording() as files:
             cfg = original(self, master_config, sweep_overrides)

@@ -96,6 +96,10 @@ class Seq2SeqTask(Task):
         return "skipped"
 
     def build_student(self, ctx: RunContext) -> None:
+        """The student was built with the teacher (its vocabulary checked before any teacher
+        training); the training RNG restarts from the seed here, so a run whose teacher was
+        trained in the same process and one that read it from the cache train alike."""
+        set_seed(ctx.settings.seed)
         log.info("teacher: %s (%s params); student: %s (%s params); %d training pairs",
                  ctx.teacher.name, f"{count_parameters(ctx.teacher.model):,}",
                  ctx.student.name, f"{count_parameters(ctx.student.model):,}",
@@ -162,6 +166,7 @@ class Seq2SeqTask(Task):
             "retention": ev.student[headline] / t_value if t_value > 0 else None,
             "params": {"teacher": count_parameters(ctx.teacher.model),
                        "student": count_parameters(ctx.student.model)},
+            "teacher_path": ctx.teacher.model.name_or_path or None,
             "eval_split": ev.split, "inference_prefix": self._prefix(ctx),
             "loss": type(ctx.loss).__name__,
             "train": {"steps": result.steps, "epochs": result.epochs_completed,
