@@ -30,6 +30,9 @@ class CheckpointSink(Protocol):
     def save(self, step: int, state: dict[str, Any], metric: float | None) -> None:
         """Stores ``state``; ``metric`` (higher is better, or None) ranks the best one."""
 
+    def latest(self) -> Any:
+        """The newest checkpoint stored (named in a NaN-loss error), or None."""
+
 
 def _numpy_state() -> tuple:
     # plain Python values, so checkpoints load with torch.load(weights_only=True)

@@ -220,7 +220,7 @@ class Distiller:
                 self.writer.add_scalar(f"eval/student/{name}", metrics[name], step)
 
     def _latest_checkpoint(self):
-        return getattr(self.checkpoints, "latest", lambda: None)()
+        return self.checkpoints.latest() if self.checkpoints is not None else None
 
     def _save_checkpoint(self, step: int, result: TrainResult, position: dict[str, Any],
                          parts: dict[str, Any], evaluated: bool, seconds: float) -> None:

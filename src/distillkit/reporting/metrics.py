@@ -96,7 +96,7 @@ def collect_metrics(teacher: ModelBundle, student: ModelBundle, data: Any, final
                   "seconds": round(result.train_seconds, 3), "last_losses": result.last_losses,
                   "evals": result.evals},
     }
-    if getattr(data, "domain", None) is not None:  # evaluated on one domain's rows
+    if data.domain is not None:  # evaluated on one domain's rows
         metrics["domain"] = data.domain
     if isinstance(teacher, EnsembleTeacher):
         metrics["ensemble"] = _ensemble(teacher, member_metrics or {},
