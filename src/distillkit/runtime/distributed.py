@@ -8,7 +8,7 @@ A run is distributed when its launcher names the processes through the environme
   only ``SLURM_*`` / ``SUBMITIT_*`` variables: :func:`setup` exports the torch ones from them
   with ``submitit.helpers.TorchDistributedEnvironment``.
 
-Conventions (README, "Distributed training"):
+Conventions (docs/distributed.md):
 
 * ``trainer.batch_size`` is the *global* batch: every optimizer step takes the same examples as
   a one-process run, each of the N ranks ``batch_size / N`` of them (N must divide it);
