@@ -20,7 +20,7 @@ import torch
 from _common import TINY, prepare
 from speed import configs
 
-from distillkit.engine.trainer import frozen
+from distillkit.engine.outputs import frozen
 
 PARTS = ("teacher", "student", "loss", "backward", "clip", "optimizer", "total")
 

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from distillkit.engine.evaluate import evaluate, loss_inputs, model_inputs
 from distillkit.engine.nonfinite import NonFiniteWatch, check_finite_weights
+from distillkit.engine.outputs import frozen, plain_outputs
 from distillkit.engine.parallel import ParallelStep
 from distillkit.engine.resume import (
     CheckpointSink,
@@ -64,30 +65,6 @@ class TrainResult:
     train_seconds: float
     last_losses: dict[str, float] = field(default_factory=dict)
     evals: list[dict] = field(default_factory=list)
-
-
-def _plain(t: torch.Tensor) -> torch.Tensor:
-    """A float32 copy made outside inference mode (the loss may save it for backward)."""
-    return t.to(torch.float32, copy=True) if t.is_floating_point() else t.clone()
-
-
-def _plain_outputs(out) -> dict:
-    """Model outputs as ordinary float32 tensors: ``logits`` and, when present, the
-    ``hidden_states`` / ``attentions`` tuples (a bf16/fp16 teacher's too)."""
-    plain = {}
-    for key, value in out.items():
-        if isinstance(value, torch.Tensor):
-            plain[key] = _plain(value)
-        elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
-            plain[key] = tuple(_plain(v) for v in value)
-    return plain
-
-
-def frozen(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
-    """Prepares a model that is only ever run forward: on ``device``, in eval mode, without
-    gradients, its weights cast to ``dtype`` (None: unchanged)."""
-    model = model.to(device) if dtype is None else model.to(device=device, dtype=dtype)
-    return model.eval().requires_grad_(False)
 
 
 class Distiller:
@@ -183,7 +160,7 @@ class Distiller:
             return None
         with torch.inference_mode(), self._teacher_autocast():
             out = self.teacher(**inputs, **flags)
-        return _plain_outputs(out)
+        return plain_outputs(out)
 
     def _log(self, step: int, terms: dict[str, torch.Tensor], total: torch.Tensor,
              lr: float, weight: float, grad_norm: torch.Tensor | None) -> dict[str, float]:

@@ -1,0 +1,30 @@
+"""Models that only run forward (teachers, evaluated models) and their outputs as plain tensors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """A float32 copy made outside inference mode (the loss may save it for backward)."""
+    return t.to(torch.float32, copy=True) if t.is_floating_point() else t.clone()
+
+
+def plain_outputs(out) -> dict:
+    """Model outputs as ordinary float32 tensors: ``logits`` and, when present, the
+    ``hidden_states`` / ``attentions`` tuples (a bf16/fp16 teacher's too)."""
+    plain = {}
+    for key, value in out.items():
+        if isinstance(value, torch.Tensor):
+            plain[key] = _plain(value)
+        elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+            plain[key] = tuple(_plain(v) for v in value)
+    return plain
+
+
+def frozen(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
+    """Prepares a model that is only ever run forward: on ``device``, in eval mode, without
+    gradients, its weights cast to ``dtype`` (None: unchanged)."""
+    model = model.to(device) if dtype is None else model.to(device=device, dtype=dtype)
+    return model.eval().requires_grad_(False)
