@@ -144,6 +144,7 @@ def test_a_run_prints_its_graph_and_records_each_stage_origin(tmp_path):
     (["mode=export_logits", "task=seq2seq", "data=arith", "teacher=t5_small_scratch",
       "student=t5_tiny", "loss=seq_kd"], ["mode=export_logits", "task=seq2seq"]),
     (["task.pipeline.distil=[build,teacher,distill]"], ["distill", "unknown stage"]),
+    (["teacher.finetune=maybe"], ["teacher.finetune='maybe'", "auto, true or false"]),
 ])
 def test_refused_pipeline_settings_give_one_error_line(tmp_path, args, phrases):
     proc = run_cli([*TINY_RUN, *args, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)

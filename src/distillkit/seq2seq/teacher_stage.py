@@ -22,7 +22,6 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from distillkit.engine import EngineSettings
-from distillkit.errors import ConfigError
 from distillkit.models import ModelBundle, update_weights_digest
 from distillkit.runtime.assets import cache_root
 from distillkit.runtime.locks import file_lock
@@ -31,7 +30,6 @@ from distillkit.seq2seq.evaluate import evaluate_generation
 from distillkit.seq2seq.generation import GenerationSettings
 from distillkit.seq2seq.losses import TokenDistillationLoss
 from distillkit.teachers.finetune import (
-    MODES,
     FinetuneSettings,
     _precision,
     label_trainer,
@@ -88,8 +86,6 @@ def prepare_seq2seq_teacher(teacher: ModelBundle, mode: str | bool, settings: Fi
         engine: the run's loop settings (device, precision, seed).
         inference_prefix: the source prefix evaluation uses (``predict: `` step by step).
     """
-    if mode not in MODES:
-        raise ConfigError(f"teacher.finetune={mode!r} must be auto, true or false")
     if not (mode is True or (mode == "auto" and not teacher.trained_head)):
         if not teacher.trained_head:
             log.warning("teacher '%s' was not trained on the task and teacher.finetune=false: "

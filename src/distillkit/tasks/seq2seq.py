@@ -28,7 +28,7 @@ from distillkit.seq2seq.models import decoder_start, vocab_size
 from distillkit.seq2seq.targets import sequence_kd_targets, step_by_step_targets
 from distillkit.seq2seq.teacher_stage import eval_settings, prepare_seq2seq_teacher
 from distillkit.tasks.base import Evaluator, Task
-from distillkit.teachers.finetune import FinetuneSettings
+from distillkit.teachers.finetune import stage_settings
 
 log = logging.getLogger(__name__)
 class Seq2SeqTask(Task):
@@ -53,8 +53,7 @@ class Seq2SeqTask(Task):
         ctx.data = data = instantiate(cfg.data)
         ctx.loss = loss = instantiate(cfg.loss)
         spec = OmegaConf.to_container(cfg.teacher, resolve=True)
-        mode = spec.pop("finetune", "auto")
-        ft = FinetuneSettings.from_config(spec.pop("finetune_settings", None))
+        mode, ft = stage_settings(spec)
         if ft.meta():
             raise ConfigError("teacher.finetune_settings domains/sample_weights/"
                               "domain_loss_weight (Meta-KD) apply to task=classification "

@@ -129,6 +129,21 @@ class FinetuneSettings:
         return fields
 
 
+def stage_settings(spec: dict[str, Any], where: str = "teacher"
+                   ) -> tuple[str | bool, FinetuneSettings]:
+    """Pops ``finetune`` and ``finetune_settings`` off a teacher config (the rest builds the
+    teacher) and checks them: the one place a fine-tune mode is validated, for every task.
+
+    Args:
+        spec: the teacher's config as a dict (changed in place).
+        where: the config path named in errors (``teacher``, ``teacher.members.<name>``).
+    """
+    mode = spec.pop("finetune", "auto")
+    if mode not in MODES:
+        raise ConfigError(f"{where}.finetune={mode!r} must be auto, true or false")
+    return mode, FinetuneSettings.from_config(spec.pop("finetune_settings", None), where)
+
+
 def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: FinetuneSettings,
               seed: int, precision: str = "fp32") -> str:
     """Hash of everything that determines the fine-tuned teacher.
@@ -248,13 +263,12 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
 
     Args:
         teacher: the teacher as built from its config.
-        mode: ``auto`` (fine-tune when the head is untrained), ``true`` or ``false``.
+        mode: ``auto`` (fine-tune when the head is untrained), ``true`` or ``false``
+            (checked by :func:`stage_settings`).
         settings: fine-tune settings.
         data: the task data, already tokenised with the teacher's tokenizer.
         engine: the run's loop settings (device, precision, seed, progress).
     """
-    if mode not in MODES:
-        raise ConfigError(f"teacher.finetune={mode!r} must be auto, true or false")
     if teacher.model is None:
         log.info("teacher stage skipped: %s has no model to fine-tune", teacher.name)
         return teacher

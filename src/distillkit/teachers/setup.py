@@ -25,17 +25,9 @@ from distillkit.errors import ConfigError, ModelError
 from distillkit.losses.contract import KDLoss
 from distillkit.models import EnsembleTeacher, ModelBundle, check_compatible, first_layers
 from distillkit.pipeline.context import TeacherPlan
-from distillkit.teachers.finetune import MODES, FinetuneSettings
+from distillkit.teachers.finetune import FinetuneSettings, stage_settings
 
 log = logging.getLogger(__name__)
-
-
-def _stage_settings(spec: dict[str, Any], where: str) -> tuple[str | bool, FinetuneSettings]:
-    """Pops ``finetune`` / ``finetune_settings`` off a teacher spec (the rest builds it)."""
-    mode = spec.pop("finetune", "auto")
-    if mode not in MODES:
-        raise ConfigError(f"{where}.finetune={mode!r} must be auto, true or false")
-    return mode, FinetuneSettings.from_config(spec.pop("finetune_settings", None), where)
 
 
 def _seed_head(settings: FinetuneSettings) -> None:
@@ -72,14 +64,14 @@ def build_teacher(cfg: DictConfig, labels: list[str]) -> tuple[ModelBundle, Teac
     spec = OmegaConf.to_container(cfg.teacher, resolve=True)
     members = spec.pop("members", None)
     if members is None:
-        mode, ft_settings = _stage_settings(spec, "teacher")
+        mode, ft_settings = stage_settings(spec, "teacher")
         _seed_head(ft_settings)
         teacher: ModelBundle = instantiate(spec)(labels=labels)
         return teacher, TeacherPlan(modes={"teacher": (mode, ft_settings)})
     if not isinstance(members, dict):
         raise ConfigError("teacher.members must map member names to teacher configs")
     combine = instantiate(spec)  # partial: (members, labels) -> EnsembleTeacher
-    modes = {str(n): _stage_settings(m, f"teacher.members.{n}") if isinstance(m, dict)
+    modes = {str(n): stage_settings(m, f"teacher.members.{n}") if isinstance(m, dict)
              else ("auto", FinetuneSettings()) for n, m in members.items()}
     built = {}
     for name, member_spec in members.items():
