@@ -12,7 +12,7 @@ import torch
 from distillkit.data import TextClassificationData, synthetic_nli
 from distillkit.engine import Distiller, EngineSettings
 from distillkit.engine.schedules import warmup_schedule
-from distillkit.losses import DistillationLoss, KLDivergence
+from distillkit.losses import DistillationLoss, KDLoss, KLDivergence
 from distillkit.models import bert_student, tiny_teacher
 from distillkit.runtime.checkpoint import (
     CheckpointError,
@@ -59,10 +59,8 @@ def _roundtrip(state):
     return buf
 
 
-class Projection(torch.nn.Module):
+class Projection(KDLoss):
     """A loss with a trainable parameter (like intermediate-layer projections)."""
-
-    needs_teacher = True
 
     def __init__(self):
         super().__init__()
