@@ -202,7 +202,7 @@ def test_teacher_logits_pass_halves_its_batch_on_out_of_memory(teacher, data, tm
                                                                monkeypatch):
     import copy
 
-    from distillkit.teachers.setup import outputs as teacher_outputs
+    from distillkit.teachers import outputs as teacher_outputs
     monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path))
     real = teacher_outputs.predict_logits
     sizes = []
