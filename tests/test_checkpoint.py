@@ -49,6 +49,9 @@ class Recorder:
     def save(self, step, state, metric):
         self.states[step] = torch.load(_roundtrip(state), weights_only=True)
 
+    def latest(self):
+        return max(self.states, default=None)
+
 
 def _roundtrip(state):
     import io

@@ -172,7 +172,7 @@ def test_offline_teacher_jobs_summarise(tmp_path):
         metrics["stages"] = {"teacher": "offline", "teacher_logits": {"train": "file"}}
         _job(sweep, {"loss.alpha": alpha}, metrics)
     summary = write_report(sweep)
-    assert ("Teacher: an offline logits file in 2 job(s). Teacher logits: read from a file in "
+    assert ("Teacher: an offline logits file in 2 job(s). Teacher targets: read from a file in "
             "2 job(s).") in summary["markdown"]
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert [r["teacher_accuracy"] for r in rows] == ["", ""]
