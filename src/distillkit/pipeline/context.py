@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from distillkit.models import ModelBundle
     from distillkit.runtime.distributed import DistEnv
     from distillkit.tasks.base import Task
+    from distillkit.teachers.export import ExportRequest
 
 
 @dataclass
@@ -64,6 +65,8 @@ class RunContext:
         pairs: the layer mapping (build).
         cached_logits: whether every batch carries the teacher's logits (teacher_targets), so
             the loop never runs the teacher.
+        export: ``mode=export_logits``: what to export (export_logits' prepare); the build
+            stage checks it against the data and teacher before any teacher work.
         details: what stages add to the record besides their origin (e.g. seq-KD files).
         distiller: the engine (distil).
         result: the training result (distil).
@@ -88,6 +91,7 @@ class RunContext:
     student: ModelBundle | None = None
     pairs: list[LayerPair] = field(default_factory=list)
     cached_logits: bool = False
+    export: ExportRequest | None = None
     details: dict[str, Any] = field(default_factory=dict)
     distiller: Distiller | None = None
     result: TrainResult | None = None

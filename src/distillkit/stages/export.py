@@ -55,10 +55,9 @@ class ExportLogitsStage:
     main_first = False
 
     def prepare(self, ctx: RunContext) -> None:
-        ctx.details["export"] = ExportRequest.from_config(ctx.cfg)
+        ctx.export = ExportRequest.from_config(ctx.cfg)
 
     def run(self, ctx: RunContext) -> Any:
-        request = ctx.details["export"]
-        ctx.metrics = export_teacher_logits(ctx.teacher, ctx.data, request, ctx.settings,
+        ctx.metrics = export_teacher_logits(ctx.teacher, ctx.data, ctx.export, ctx.settings,
                                             ctx.out_dir)
         return "computed"

@@ -67,6 +67,8 @@ class ClassificationTask(Task):
                 if loss.needs_teacher:
                     ctx.details["offline_logits"] = match_offline_logits(teacher, data)
             student_and_pairs(cfg, teacher, data.labels, loss, seed)
+        elif ctx.export is not None:  # mode=export_logits: a known split, a teacher model
+            ctx.export.check(data, teacher)
         data.tokenize(teacher.tokenizer)
         ctx.teacher = teacher
 
