@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distillkit.models import tiny_teacher
-from tests.conftest import TINY_RUN, run_cli
+from tests.conftest import TINY_RUN, one_error_line, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -49,15 +49,16 @@ def test_default_output_dir_is_dated(tmp_path):
 
 def test_typo_override_fails_clearly(tmp_path):
     proc = run_cli(["loss.temprature=3"], cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "Could not override 'loss.temprature'" in proc.stderr
+    one_error_line(proc.returncode, proc.stdout + proc.stderr,
+                   ["Could not override 'loss.temprature'", "did you mean loss.temperature"])
     assert not (tmp_path / "outputs").exists()
 
 
 def test_unknown_option_fails_clearly(tmp_path):
     proc = run_cli(["student=bert5l"], cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "Could not find 'student/bert5l'" in proc.stderr and "bert4l" in proc.stderr
+    one_error_line(proc.returncode, proc.stdout + proc.stderr,
+                   ["Could not find 'student/bert5l'", "bert4l"])
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_bad_value_is_one_error_line(tmp_path):

@@ -8,6 +8,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from tests.conf_files import expected_values, mismatches
 from tests.conftest import CONF
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
@@ -21,9 +22,16 @@ def test_groups_found_by_walking_conf():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes(compose_cfg, group, option):
-    cfg = compose_cfg([f"{group}={option}"])
-    if group in ("experiment", "hparams_search"):  # "@package _global_" options
-        assert cfg.loss is not None
+    """Each option composes and the composed config holds every value its file (and the files
+    its defaults list pulls in) sets, read from the YAML files themselves."""
+    cfg = compose_cfg([f"{group}={option}"], return_hydra_config=True)
+    path = CONF / group / f"{option}.yaml"
+    is_global = path.read_text().startswith("# @package _global_")
+    expected = expected_values(path, "" if is_global else group)
+    assert expected, f"{group}/{option}.yaml sets nothing"
+    composed = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    assert not mismatches(composed, expected), mismatches(composed, expected)
+    if is_global:  # experiments and searches set keys of several groups
         return
     container = OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=False)
     targets = list(_targets(container))

@@ -154,61 +154,71 @@ def test_slurm_launcher_config_composes(compose_cfg):
     assert launcher["timeout_min"] == 240 and launcher["cpus_per_task"] == 8
 
 
-@pytest.fixture
-def one_rank_group():
-    """A real (gloo) process group of one rank in this process: DDP without subprocesses."""
-    import socket
-
+def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """One rank of :func:`test_ddp_trains_loss_projections_through_a_phase_without_logits`
+    (run by torch.multiprocessing.spawn): trains on its shard, saves what it ended with."""
     import torch.distributed as dist
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
-                            world_size=1)
-    try:
-        yield distributed.DistEnv(rank=0, world_size=1, enabled=True, backend="gloo")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_ddp_trains_loss_projections_through_a_phase_without_logits(one_rank_group):
-    """Student and loss train as one DDP module: projections get synchronised gradients, and
-    a phase whose loss never reads the student's logits leaves no parameter waiting."""
     from distillkit.engine import Distiller, EngineSettings
     from distillkit.engine.schedules import warmup_schedule
     from distillkit.losses import DistillationLoss, HiddenMSE, SoftTargetCrossEntropy
     from distillkit.losses.mapping import LayerPair
     from distillkit.models import bert_student, tiny_teacher
 
-    labels = ["entailment", "neutral", "contradiction"]
-    data = TextClassificationData(partial(synthetic_nli, n_train=40, n_validation=8, n_test=0),
-                                  text_column="premise", text_pair_column="hypothesis")
-    teacher = tiny_teacher(labels=labels)
-    data.tokenize(teacher.tokenizer)
-
-    def fit(dist):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        env = distributed.DistEnv(rank=rank, world_size=world, enabled=True, backend="gloo")
+        labels = ["entailment", "neutral", "contradiction"]
+        data = TextClassificationData(partial(synthetic_nli, n_train=40, n_validation=8,
+                                              n_test=0),
+                                      text_column="premise", text_pair_column="hypothesis")
         torch.manual_seed(0)
+        teacher = tiny_teacher(labels=labels)
+        data.tokenize(teacher.tokenizer)
+        # each rank starts from other weights: DDP must give them rank 0's, then keep them equal
+        torch.manual_seed(100 + rank)
         student = bert_student(2, 16, 2, 32, teacher=teacher, labels=labels).model
         loss = DistillationLoss(kd=SoftTargetCrossEntropy(), alpha=1.0,
                                 intermediate={"hidden": HiddenMSE()}, projection=torch.nn.Linear,
                                 intermediate_phase=0.5)
         loss.bind([LayerPair(1, 1), LayerPair(2, 2)], 16, 32)
-        before = [p.detach().clone() for p in loss.parameters()]
         distiller = Distiller(student, teacher.model, loss, partial(torch.optim.AdamW, lr=1e-2),
                               partial(warmup_schedule, name="constant"),
                               EngineSettings(max_steps=6, batch_size=8, progress=False,
                                              log_every_steps=1, device="cpu",
-                                             precision="fp32"), dist=dist)
-        result = distiller.fit(data.loader("train", 8, shuffle=True, shard=dist.shard()))
-        moved = any(not torch.equal(a, b) for a, b in zip(before, loss.parameters(),
-                                                          strict=True))
-        return result.last_losses, moved
+                                             precision="fp32"), dist=env)
+        start = {k: v.clone() for k, v in loss.state_dict().items()}
+        loader = data.loader("train", 8, shuffle=True, shard=env.shard())
+        seen = [b["input_ids"].tolist() for b in loader]
+        result = distiller.fit(loader)
+        torch.save({"start": start, "loss": loss.state_dict(), "student": student.state_dict(),
+                    "seen": seen, "last_losses": result.last_losses, "steps": result.steps},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
 
-    plain, plain_moved = fit(distributed.SINGLE)
-    ddp, ddp_moved = fit(one_rank_group)
-    assert plain_moved and ddp_moved
-    assert ddp == pytest.approx(plain, rel=1e-6)
+
+def test_ddp_trains_loss_projections_through_a_phase_without_logits(tmp_path):
+    """Two gloo processes train student and loss as one DDP module on different shards: the
+    loss's projections (and the student) end identical on both ranks, so their gradients were
+    averaged, and a phase whose loss never reads the student's logits leaves no parameter
+    waiting (DDP would hang or raise)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert [r["steps"] for r in ranks] == [6, 6]
+    assert ranks[0]["seen"] != ranks[1]["seen"]  # the ranks trained on different examples
+    projections = [k for k in ranks[0]["loss"] if "projection" in k]
+    assert len(projections) == 4  # weight and bias of the two pairs' projections
+    for key in projections:
+        assert not torch.equal(ranks[0]["start"][key], ranks[0]["loss"][key]), key  # trained
+        assert torch.equal(ranks[0]["loss"][key], ranks[1]["loss"][key]), key
+    for key, value in ranks[0]["student"].items():
+        assert torch.equal(value, ranks[1]["student"][key]), key
+    assert ranks[0]["last_losses"] == ranks[1]["last_losses"]  # the global batch's terms
 
 
 # ---- end to end: torchrun with 2 CPU processes vs one process ------------------------------

@@ -5,7 +5,10 @@ from __future__ import annotations
 import shlex
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
+from tests.conf_files import expected_values, merge, mismatches
 from tests.conftest import CONF
 
 EXPERIMENTS = sorted((CONF / "experiment").glob("*.yaml"))
@@ -21,7 +24,24 @@ def test_experiment_header_and_launch_command_composes(path, compose_cfg):
     overrides = [a for a in args if a not in ("-m", "--multirun")]
     assert f"experiment={path.stem}" in overrides
     cfg = compose_cfg(overrides, return_hydra_config=True)
-    assert cfg.loss is not None and cfg.trainer is not None
+    # what the experiment file sets (its body and the options it overrides), and the options the
+    # launch line picks beside it, read from the YAML files themselves
+    expected = {}
+    for override in overrides:
+        group, _, option = override.partition("=")
+        if group != "experiment" and (CONF / group / f"{option}.yaml").is_file():
+            merge(expected, expected_values(CONF / group / f"{option}.yaml", group))
+    merge(expected, expected_values(path, ""))  # the experiment comes after the groups
+    composed = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    assert not mismatches(composed, expected), mismatches(composed, expected)
+    declared = yaml.safe_load(path.read_text())
+    for entry in declared.get("defaults", []):  # every override the file declares took effect
+        ((key, option),) = entry.items()
+        group = key.removeprefix("override /")
+        if key.startswith("override /") and "/" not in group:
+            assert cfg.hydra.runtime.choices[group] == option, (group, option)
+    if "task" in declared:
+        assert cfg.task == declared["task"]
 
 
 @pytest.mark.parametrize("loss", ["kd", "mmd"])

@@ -127,20 +127,42 @@ def test_pair_options_select_terms_and_weights():
         IntermediateTerms(terms).bind([], 8, 8)
 
 
+def _hand_outputs():
+    """Student and teacher outputs (1 example, 2 tokens, width 2, 3 labels) whose term values
+    are worked out by hand:
+
+    * pair (1, 1): student [[1, 0], [0, 1]], teacher [[0, 1], [0, 1]]. Hidden MSE: token 0
+      (1 + 1) / 2 = 1, token 1: 0, mean 0.5. Gram matrices / width 2: student [[.5, 0], [0, .5]],
+      teacher [[.5, .5], [.5, .5]]; squared differences 0 + .25 + .25 + 0 over 4 entries: 0.125.
+    * pair (2, 2): student [[2, 0], [0, 0]], teacher zeros. Hidden MSE: token 0 4 / 2 = 2,
+      token 1: 0, mean 1.0. Gram: student [[2, 0], [0, 0]] vs zeros: 4 / 4 = 1.0.
+    * logits: the student's uniform, so cross-entropy against any target is ln 3; the
+      teacher's [2 ln 3, 0, 0] softened by T = 2 give [0.6, 0.2, 0.2].
+    """
+    zeros = torch.zeros(1, 2, 2)
+    student = {"logits": torch.zeros(1, 3),
+               "hidden_states": (zeros, torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]),
+                                 torch.tensor([[[2.0, 0.0], [0.0, 0.0]]]))}
+    teacher = {"logits": torch.tensor([[2 * math.log(3), 0.0, 0.0]]),
+               "hidden_states": (zeros, torch.tensor([[[0.0, 1.0], [0.0, 1.0]]]), zeros)}
+    batch = {"labels": torch.tensor([0]), "attention_mask": torch.ones(1, 2)}
+    return student, teacher, batch
+
+
 def test_weighted_sum_matches_terms():
     loss = DistillationLoss(kd=SoftTargetCrossEntropy(), temperature=2.0, alpha=0.3,
                             intermediate={"hidden_mse": HiddenMSE(weight=0.5),
                                           "mmd": GramMMD(weight=2.0)})
-    loss.bind([LayerPair(1, 1), LayerPair(2, 2)], 8, 8)
-    s, t = _outputs(8, seed=0), _outputs(8, seed=1)
-    batch = {"labels": torch.tensor([0, 2]), "attention_mask": torch.ones(2, 4)}
-    out = loss(s, t, batch)
-    mask = batch["attention_mask"]
-    hidden = sum(HiddenMSE()(s["hidden_states"][i], t["hidden_states"][i], mask) for i in (1, 2))
-    mmd = sum(GramMMD()(s["hidden_states"][i], t["hidden_states"][i], mask) for i in (1, 2))
-    expected = 0.3 * out.terms["kd"] + 0.7 * out.terms["hard"] + 0.5 * hidden + 2.0 * mmd
-    assert out.total.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert out.terms["hidden_mse"].item() == pytest.approx(0.5 * hidden.item(), rel=1e-6)
+    loss.bind([LayerPair(1, 1), LayerPair(2, 2)], 2, 2)
+    out = loss(*_hand_outputs())
+    kd, hard = 4 * math.log(3), math.log(3)  # T^2 * CE(uniform vs [.6, .2, .2]) = 4 ln 3
+    hidden, mmd = 0.5 * (0.5 + 1.0), 2.0 * (0.125 + 1.0)  # term weight * sum over the pairs
+    assert out.terms["kd"].item() == pytest.approx(kd, rel=1e-6)
+    assert out.terms["hard"].item() == pytest.approx(hard, rel=1e-6)
+    assert out.terms["hidden_mse"].item() == pytest.approx(hidden, rel=1e-6)
+    assert out.terms["mmd"].item() == pytest.approx(mmd, rel=1e-6)
+    # alpha weighs kd against hard only; the intermediate terms are added as they are
+    assert out.total.item() == pytest.approx(0.3 * kd + 0.7 * hard + 0.75 + 2.25, rel=1e-6)
 
 
 def test_two_phases_switch_terms_and_features():
@@ -162,19 +184,19 @@ def test_two_phases_switch_terms_and_features():
 
 
 def test_linear_decay_scales_intermediate_terms_from_one_to_zero():
-    loss = DistillationLoss(kd=SoftTargetCrossEntropy(), alpha=1.0, intermediate_decay="linear",
-                            intermediate={"hidden_mse": HiddenMSE()})
-    loss.bind([LayerPair(1, 1)], 8, 8)
-    s, t = _outputs(8), _outputs(8, seed=1)
-    batch = {"labels": torch.tensor([0, 1]), "attention_mask": torch.ones(2, 4)}
-    hidden = HiddenMSE()(s["hidden_states"][1], t["hidden_states"][1], batch["attention_mask"])
-    for step, factor in ((0, 1.0), (5, 0.5), (9, 0.1)):
+    loss = DistillationLoss(kd=SoftTargetCrossEntropy(), temperature=2.0, alpha=1.0,
+                            intermediate_decay="linear",
+                            intermediate={"hidden_mse": HiddenMSE(weight=2.0)})
+    loss.bind([LayerPair(1, 1)], 2, 2)
+    kd = 4 * math.log(3)  # see _hand_outputs; hidden MSE of pair (1, 1): 0.5, times weight 2
+    for step, factor in ((0, 1.0), (5, 0.5), (9, 0.1)):  # 1 - step / 10
         loss.set_progress(step, 10)
-        out = loss(s, t, batch)
-        expected = out.terms["kd"] + factor * hidden
-        assert out.total.item() == pytest.approx(expected.item(), rel=1e-6)
+        out = loss(*_hand_outputs())
+        assert out.total.item() == pytest.approx(kd + factor * 2.0 * 0.5, rel=1e-6), step
     loss.set_progress(10, 10)
     assert loss.required_features() == {"logits"}
+    assert set(loss(*_hand_outputs()).terms) == {"kd"}
+    assert loss(*_hand_outputs()).total.item() == pytest.approx(kd, rel=1e-6)
     with pytest.raises(ConfigError, match="intermediate_decay"):
         DistillationLoss(alpha=0.0, intermediate_decay="cosine")
     with pytest.raises(ConfigError, match="needs intermediate terms"):

@@ -174,13 +174,34 @@ def test_compile_option_wraps_student_and_teacher(teacher, data):
     assert not any(k.startswith("_orig_mod") for k in student.state_dict())  # same keys
 
 
-def test_teacher_dropout_keeps_the_teacher_stochastic(teacher, data):
+@pytest.mark.parametrize("teacher_dropout", [True, False])
+def test_teacher_dropout_keeps_the_teacher_stochastic(teacher, data, teacher_dropout):
+    """Two distillation steps on the same batch: the teacher's logits differ between them with
+    trainer.teacher_dropout (its dropout is active) and are identical without."""
     import copy
+    data.teacher_logits.clear()  # the live teacher runs, no precomputed logits
+    batch = _batch(data)
+    set_seed(1)
+    student = bert_student(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
+                           teacher=teacher, labels=LABELS).model
     loss = DistillationLoss(kd=SoftTargetCrossEntropy(), alpha=0.5, temperature=2.0)
-    _, _, on = _fit(teacher, copy.deepcopy(teacher.model), data, loss, precision="fp32",
-                    teacher_dropout=True)
-    _, _, off = _fit(teacher, copy.deepcopy(teacher.model), data, loss, precision="fp32")
-    assert on.teacher.training and not off.teacher.training
+    distiller = Distiller(student, copy.deepcopy(teacher.model), loss,
+                          partial(torch.optim.AdamW, lr=1e-3),
+                          partial(warmup_schedule, name="constant"),
+                          EngineSettings(batch_size=8, progress=False, device="cpu", max_steps=2,
+                                         precision="fp32", teacher_dropout=teacher_dropout))
+    seen, given = [], []  # the teacher's outputs, and the teacher logits the loss was given
+    distiller.teacher.register_forward_hook(
+        lambda module, args, out: seen.append(out.logits.detach().clone()))
+    loss.register_forward_pre_hook(lambda module, args: given.append(args[1]["logits"].clone()))
+    distiller.fit([batch, batch])
+    assert len(seen) == len(given) == 2
+    for out, read in zip(seen, given, strict=True):
+        torch.testing.assert_close(read, out, rtol=0, atol=0)
+    if teacher_dropout:
+        assert not torch.allclose(seen[0], seen[1])
+    else:
+        torch.testing.assert_close(seen[0], seen[1], rtol=0, atol=0)
 
 
 @pytest.mark.e2e

@@ -97,16 +97,62 @@ def test_summary_files_match_the_jobs(grid_sweep):
     assert height > 200 and width > 200
 
 
-def test_grid_gets_a_heatmap_with_the_mean_per_cell(grid_sweep, monkeypatch):
-    sweep, accs = grid_sweep
-    drawn = {}
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures plot_summary draws, kept as they were when it closed them."""
+    import matplotlib
 
-    def fake_heatmap(ax, fig, jobs, x_key, y_key):
-        drawn["heatmap"] = (x_key, y_key, len(jobs))
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    monkeypatch.setattr(report_plot, "_heatmap", fake_heatmap)
+    figures = []
+    close = plt.close
+
+    def keep(fig=None):
+        figures.append(fig)
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    return figures
+
+
+def _cells(ax):
+    """``{(x, y): text}`` of the texts drawn into the axes' cells."""
+    return {tuple(round(v) for v in t.get_position()): t.get_text() for t in ax.texts}
+
+
+def test_grid_gets_a_heatmap_with_the_mean_per_cell(tmp_path, drawn):
+    """temperature x alpha x seed: each cell is the mean over its seeds (a failed seed left out,
+    a cell whose jobs all failed marked), worked out by hand below."""
+    sweep = tmp_path / "sweep"
+    accs = {(1, 0.2, 1): 0.50, (1, 0.2, 2): 0.60, (1, 0.5, 1): 0.70, (1, 0.5, 2): 0.80,
+            (4, 0.2, 1): 0.62, (4, 0.2, 2): 0.66, (4, 0.5, 1): 0.90,
+            (8, 0.2, 1): 0.40, (8, 0.2, 2): 0.44}
+    for t in (1, 4, 8):
+        for a in (0.2, 0.5):
+            for seed in (1, 2):
+                overrides = {"loss.temperature": t, "loss.alpha": a, "trainer.seed": seed}
+                if (t, a, seed) in accs:
+                    _job(sweep, overrides, _metrics(accs[(t, a, seed)], t))
+                else:
+                    _job(sweep, overrides, error="loss.alpha must be in [0, 1], got 1.5")
     write_report(sweep)
-    assert drawn == {"heatmap": ("loss.temperature", "loss.alpha", 9)}
+    (fig,) = drawn
+    ax = fig.axes[0]
+    (image,) = ax.images
+    grid = image.get_array()  # rows: alpha 0.2, 0.5; columns: temperature 1, 4, 8
+    assert grid.shape == (2, 3)
+    expected = [[0.55, 0.64, 0.42], [0.75, 0.90, math.nan]]
+    for row, want_row in zip(grid.tolist(), expected, strict=True):
+        for got, want in zip(row, want_row, strict=True):
+            assert (math.isnan(want) and (got is None or math.isnan(got))) or \
+                got == pytest.approx(want), (grid, expected)
+    assert _cells(ax) == {(0, 0): "0.550", (1, 0): "0.640", (2, 0): "0.420",
+                          (0, 1): "0.750", (1, 1): "0.900", (2, 1): "failed"}
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("loss.temperature", "loss.alpha")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "8"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.2", "0.5"]
+    assert ax.get_title().startswith("student accuracy (mean over trainer.seed)")
 
 
 def test_random_search_gets_a_scatter_plot(tmp_path, monkeypatch):
@@ -122,17 +168,32 @@ def test_random_search_gets_a_scatter_plot(tmp_path, monkeypatch):
     assert "| 1 | 7.8 | 0.62 | 0.0004 |" in (sweep / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("overrides", [
-    [{"loss": "kd"}, {"loss": "kl"}],                         # one categorical key: bars
-    [{"trainer.seed": 1}, {"trainer.seed": 2}],               # one numeric key: a line
-    [{"loss": "kd"}],                                          # nothing swept: a bar per job
-])
-def test_other_sweeps_get_a_plot(tmp_path, overrides):
+@pytest.mark.parametrize(("jobs", "kind", "xs", "heights", "xlabel"), [
+    # one categorical key: a bar per value, sorted by name
+    ([({"loss": "kl"}, 0.8), ({"loss": "kd"}, 0.65)], "bar", ["kd", "kl"], [0.65, 0.8], "loss"),
+    # one numeric key: a line over the values sorted as numbers (2 before 10)
+    ([({"trainer.seed": 10}, 0.8), ({"trainer.seed": 2}, 0.65)], "line", [2.0, 10.0],
+     [0.65, 0.8], "trainer.seed"),
+    # nothing swept: a bar per job, named by the job
+    ([({"loss": "kd"}, 0.7)], "bar", ["loss=kd"], [0.7], ""),
+], ids=["categorical", "numeric", "nothing-swept"])
+def test_other_sweeps_get_a_plot(tmp_path, drawn, jobs, kind, xs, heights, xlabel):
     sweep = tmp_path / "s"
-    for i, o in enumerate(overrides):
-        _job(sweep, o, _metrics(0.6 + 0.1 * i, 1.0))
+    for overrides, acc in jobs:
+        _job(sweep, overrides, _metrics(acc, 1.0))
     write_report(sweep)
     assert (sweep / "summary.png").read_bytes()[:8] == PNG_MAGIC
+    (fig,) = drawn
+    ax = fig.axes[0]
+    if kind == "bar":
+        assert not ax.lines
+        assert [p.get_height() for p in ax.patches] == pytest.approx(heights)
+        assert [t.get_text() for t in ax.get_xticklabels()] == xs
+    else:
+        (line,) = ax.lines
+        assert list(line.get_xdata()) == pytest.approx(xs)
+        assert list(line.get_ydata()) == pytest.approx(heights)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (xlabel, "student accuracy")
 
 
 def test_report_command_rewrites_and_refuses_what_is_no_sweep(grid_sweep, tmp_path, capsys,
@@ -159,7 +220,25 @@ def test_unreadable_values_do_not_break_the_table(tmp_path):
     _job(sweep, {"loss.alpha": 0.2}, _metrics(0.6, 1.0))
     jobs = report.ranked(collect(sweep))
     assert [j.overrides["loss.alpha"] for j in jobs] == ["0.2", "0.1"]  # NaN objective last
-    write_report(sweep)
+    summary = write_report(sweep)
+    # both jobs kept in every file; a missing value is an empty cell, a NaN one reads "nan"
+    table = [[c.strip() for c in line.strip().strip("|").split("|")]
+             for line in summary["markdown"].splitlines() if line.startswith("| ")]
+    header, rows = table[0], [dict(zip(table[0], r, strict=True)) for r in table[1:]]
+    assert header == ["#", "loss.alpha", "student acc", "teacher acc", "retention",
+                      "student loss", "train loss", "objective", "steps", "train s", "status"]
+    assert [(r["#"], r["loss.alpha"], r["status"]) for r in rows] == [("1", "0.2", "ok"),
+                                                                       ("2", "0.1", "ok")]
+    assert (rows[0]["student acc"], rows[0]["train loss"], rows[0]["objective"]) == (
+        "0.6000", "0.1000", "0.6000")
+    assert (rows[1]["student acc"], rows[1]["train loss"], rows[1]["objective"]) == (
+        "0.7000", "", "nan")
+    assert rows[1]["steps"] == "10" and rows[1]["train s"] == "1.5000"
+    assert (sweep / "summary.md").read_text() == summary["markdown"]
+    csv_rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [(r["loss.alpha"], r["status"], r["train_loss"], r["objective"]) for r in csv_rows] \
+        == [("0.2", "ok", "0.1", "0.6"), ("0.1", "ok", "", "nan")]
+    assert (sweep / "summary.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_offline_teacher_jobs_summarise(tmp_path):
