@@ -130,10 +130,11 @@ def test_interrupted_run_keeps_output_and_exits_130(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watchdog = threading.Timer(240, proc.kill)  # never hang the suite
     watchdog.start()
-    lines = []
+    lines, distilling = [], False
     for line in proc.stdout:
         lines.append(line)
-        if "stage: distil" in line:
+        distilling = distilling or "== stage: distil" in line
+        if distilling and "optimizer steps (batch" in line:  # the student is training
             proc.send_signal(signal.SIGINT)
             break
     try:
