@@ -265,7 +265,7 @@ def test_cli_two_teachers_of_different_architecture(tmp_path):
     assert metrics["retention"] == pytest.approx(
         metrics["student"]["accuracy"] / metrics["teacher"]["accuracy"])
     assert metrics["stages"]["teacher"] == {"small": "fine-tuned", "wide": "fine-tuned"}
-    assert metrics["stages"]["teacher_logits"] == {"train": "computed"}
+    assert metrics["stages"]["teacher_targets"] == {"train": "computed"}
     assert "teacher = ensemble of 2" in kd.stdout + kd.stderr
 
     # intermediate terms on the 3-layer, hidden-48 member; members from the teacher cache

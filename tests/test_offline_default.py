@@ -169,7 +169,7 @@ def test_copy_init_auto_follows_whether_the_loss_learns_from_the_teacher(loss_na
     from omegaconf import OmegaConf
 
     from distillkit.models import ModelBundle
-    from distillkit.run import _student_and_pairs
+    from distillkit.tasks.classification import student_and_pairs
 
     weights = {"pretrained": tiny_teacher(num_layers=2, labels=LABELS),
                "finetuned": tiny_teacher(num_layers=2, labels=LABELS)}
@@ -180,7 +180,7 @@ def test_copy_init_auto_follows_whether_the_loss_learns_from_the_teacher(loss_na
                     "layers": [1], "init": "auto"},
         "mapping": {"_target_": "distillkit.losses.mapping.none_mapping", "_partial_": True}})
     loss = instantiate(compose_cfg([f"loss={loss_name}"]).loss)
-    student, _ = _student_and_pairs(cfg, teacher, LABELS, loss, seed=0)
+    student, _ = student_and_pairs(cfg, teacher, LABELS, loss, seed=0)
     got = student.model.bert.encoder.layer[0].attention.self.query.weight
     want = weights[source].model.bert.encoder.layer[1].attention.self.query.weight
     assert torch.equal(got, want)

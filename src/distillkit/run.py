@@ -1,6 +1,6 @@
 """The top-level run: one run graph, declared by the task, executed stage by stage.
 
-    build → teacher → teacher_targets → distil → evaluate → export   (mode=distil)
+    build → teacher → student → teacher_targets → distil → evaluate → export   (mode=distil)
     build → teacher → export_logits                                  (mode=export_logits)
 
 ``conf/task/<task>.yaml`` names the task object and its pipeline per mode; the stages
@@ -113,11 +113,10 @@ def run(cfg: DictConfig, out_dir: Path, launch: dict[str, Any] | None = None,
 def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     """The run's objects as the distil stage receives them, for benchmarks: data, teacher
     after its stage, student, bound loss, layer mapping, and whether batches carry cached
-    teacher logits (runs the build, teacher and teacher_targets stages)."""
+    teacher logits (runs the build, teacher, student and teacher_targets stages)."""
     ctx = context(cfg, Path("."))
     ctx.settings = settings
-    run_stages(stages_named(["build", "teacher", "teacher_targets"]), ctx)
-    ctx.task.build_student(ctx)
+    run_stages(stages_named(["build", "teacher", "student", "teacher_targets"]), ctx)
     return {"data": ctx.data, "teacher": ctx.teacher, "student": ctx.student,
             "pairs": ctx.pairs, "loss": ctx.loss, "cached_logits": ctx.cached_logits,
             "logits_sources": ctx.origins.get("teacher_targets")}

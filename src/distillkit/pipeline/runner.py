@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def describe(stages: Sequence[Stage]) -> str:
-    """The run graph on one line, e.g. ``build -> teacher -> teacher_targets -> distil``."""
+    """The run graph on one line, e.g. ``build -> teacher -> student -> teacher_targets``."""
     return " -> ".join(stage.name for stage in stages)
 
 

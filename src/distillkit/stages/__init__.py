@@ -3,10 +3,11 @@
 ===================  ==========================================================================
 ``build``            data, loss, the teacher as configured; student/mapping/loss checked
 ``teacher``          fine-tune the teacher on the task once (per member of an ensemble); cached
+``student``          build the student on the trained teacher; bind the loss to the mapping
 ``teacher_targets``  teacher logits per split (cached, or from ``teacher=offline``'s file), or
                      teacher generations (seq-KD, step by step; cached)
-``distil``           build the student on the trained teacher, train it (resume, checkpoints,
-                     DDP, evaluation during training by the task's metric)
+``distil``           train the student (resume, checkpoints, DDP, evaluation during training
+                     by the task's metric)
 ``evaluate``         teacher and student on the final split, by the task's metrics
 ``export``           the student (``save_pretrained``) and the run record ``metrics.json``
 ``export_logits``    ``mode=export_logits``: the teacher's logits for a split, to a file
@@ -23,10 +24,11 @@ from distillkit.stages.build import BuildStage
 from distillkit.stages.distil import DistilStage
 from distillkit.stages.evaluate import EvaluateStage
 from distillkit.stages.export import ExportLogitsStage, ExportStage
+from distillkit.stages.student import StudentStage
 from distillkit.stages.teacher import TeacherStage, TeacherTargetsStage
 
 STAGES: dict[str, type] = {stage.name: stage for stage in (
-    BuildStage, TeacherStage, TeacherTargetsStage, DistilStage, EvaluateStage, ExportStage,
+    BuildStage, TeacherStage, StudentStage, TeacherTargetsStage, DistilStage, EvaluateStage, ExportStage,
     ExportLogitsStage)}
 
 

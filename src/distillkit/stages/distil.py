@@ -1,4 +1,4 @@
-"""The ``distil`` stage: the student, built on the trained teacher, learns from it.
+"""The ``distil`` stage: the student learns from the teacher.
 
 One engine (:class:`distillkit.engine.Distiller`) for every task: checkpoints and ``resume``,
 data-parallel ranks, evaluation during training by the task's headline metric (which also
@@ -68,7 +68,7 @@ def _kill_hook():
 
 
 class DistilStage:
-    """Builds the student, trains it with the loss (resuming from a checkpoint when asked)."""
+    """Trains the student with the loss (resuming from a checkpoint when asked)."""
 
     name = "distil"
     main_first = False
@@ -86,7 +86,6 @@ class DistilStage:
     def run(self, ctx: RunContext) -> str:
         cfg, settings, task = ctx.cfg, ctx.settings, ctx.task
         checkpoints, resume_state, resume_path = ctx.details.pop("checkpointing")
-        task.build_student(ctx)
         if ctx.dist.is_main:
             write_json(ctx.out_dir / "mapping.json", {
                 "pairs": [p.as_dict() for p in ctx.pairs],
