@@ -101,7 +101,8 @@ def analyze(sweep_dir: Path) -> dict[str, Any]:
         # metrics.json's stages; a job without one (failed, unfinished): what its log says
         stages = job.stages or {}
         teacher = stages.get("teacher") or facts["teacher"] or "unknown"
-        logits = stages.get("teacher_logits") or facts["logits"] or "unknown"
+        logits = (stages.get("teacher_targets") or stages.get("teacher_logits") or facts["logits"]
+                  or "unknown")
         computed = (sorted(k for k, v in logits.items() if v == "computed")
                     if isinstance(logits, dict) else [])
         seconds = ((facts["end"] - facts["start"]).total_seconds()
