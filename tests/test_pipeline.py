@@ -150,3 +150,20 @@ def test_refused_pipeline_settings_give_one_error_line(tmp_path, args, phrases):
     proc = run_cli([*TINY_RUN, *args, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
     one_error_line(proc.returncode, proc.stdout + proc.stderr, phrases)
     assert not (tmp_path / "dk-cache" / "teachers").exists()  # refused before any training
+
+
+def test_seq2seq_refuses_data_parallel_with_one_line(compose_cfg):
+    cfg = compose_cfg(["experiment=arith_word_kd"])
+    task = instantiate(cfg.task, _convert_="all")
+
+    class TwoRanks:
+        enabled = True
+
+    with pytest.raises(ConfigError, match="task=seq2seq runs in one process; launch it without "
+                                          "torchrun"):
+        task.check(cfg, TwoRanks())
+
+    class OneProcess:
+        enabled = False
+
+    task.check(cfg, OneProcess())  # the same config in one process passes
