@@ -215,7 +215,7 @@ def test_teacher_dropout_bypasses_the_teacher_output_cache(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "teacher-output cache is bypassed" in (out / "distillkit.log").read_text()
     stages = json.loads((out / "metrics.json").read_text())["stages"]
-    assert stages["teacher_logits"] == "not used"
+    assert stages["teacher_targets"] == "skipped"
     assert not (tmp_path / "dk-cache" / "teacher_outputs").exists()
 
 
