@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,17 +24,16 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from distillkit.engine import EngineSettings
 from distillkit.models import ModelBundle, update_weights_digest
-from distillkit.runtime.assets import cache_root
-from distillkit.runtime.locks import file_lock
 from distillkit.seq2seq.data import Seq2SeqData
 from distillkit.seq2seq.evaluate import evaluate_generation
 from distillkit.seq2seq.generation import GenerationSettings
 from distillkit.seq2seq.losses import TokenDistillationLoss
 from distillkit.teachers.finetune import (
     FinetuneSettings,
-    _precision,
     label_trainer,
+    needs_training,
     save_trained_teacher,
+    train_once,
 )
 
 log = logging.getLogger(__name__)
@@ -86,18 +86,15 @@ def prepare_seq2seq_teacher(teacher: ModelBundle, mode: str | bool, settings: Fi
         engine: the run's loop settings (device, precision, seed).
         inference_prefix: the source prefix evaluation uses (``predict: `` step by step).
     """
-    if not (mode is True or (mode == "auto" and not teacher.trained_head)):
+    if not needs_training(teacher, mode):
         if not teacher.trained_head:
             log.warning("teacher '%s' was not trained on the task and teacher.finetune=false: "
                         "what it generates is noise", teacher.name)
         return teacher
-    engine = settings.engine(engine)
-    tuned = dataclasses.replace(engine, precision=_precision(settings, engine))
-    dtype = tuned.autocast_dtype(tuned.resolve_device())
-    key = cache_key(teacher, data, settings, engine.seed, str(dtype or "fp32"))
-    path = cache_root() / "teachers" / key
-    with file_lock(path.with_name(f"{key}.lock")):  # parallel sweep jobs: one trains
-        origin = _load_or_train(teacher, path, key, settings, data, engine, inference_prefix)
+    path, key, origin = train_once(
+        settings, engine, partial(cache_key, teacher, data, settings),
+        partial(_load_or_train, teacher, settings=settings, data=data,
+                inference_prefix=inference_prefix))
     model = AutoModelForSeq2SeqLM.from_pretrained(str(path))
     tok = AutoTokenizer.from_pretrained(str(path))
     return ModelBundle(model=model, tokenizer=tok, name=f"{teacher.name} trained [{key}]",

@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -255,6 +255,33 @@ def save_trained_teacher(path: Path, model: torch.nn.Module, tokenizer: Any,
     write_dir(path, save)
 
 
+def needs_training(teacher: ModelBundle, mode: str | bool) -> bool:
+    """Whether the teacher stage trains ``teacher``: ``teacher.finetune=true``, or ``auto``
+    and a teacher not trained on the task."""
+    return mode is True or (mode == "auto" and not teacher.trained_head)
+
+
+def train_once(settings: FinetuneSettings, engine: EngineSettings,
+               key_of: Callable[[int, str], str],
+               train: Callable[..., str]) -> tuple[Path, str, str]:
+    """The teacher stage's cache for every task: the key from the teacher's seed and
+    precision (``key_of(seed, precision)``), and ``train(path, key, engine=...)`` (which loads
+    or trains, returning the origin) run under the key's lock, so parallel sweep jobs train
+    once.
+
+    Returns:
+        The cached teacher's directory, its key and the origin (``cache`` or trained now).
+    """
+    engine = settings.engine(engine)
+    tuned = dataclasses.replace(engine, precision=_precision(settings, engine))
+    dtype = tuned.autocast_dtype(tuned.resolve_device())
+    key = key_of(engine.seed, str(dtype or "fp32"))
+    path = cache_root() / "teachers" / key
+    with file_lock(path.with_name(f"{key}.lock")):  # parallel sweep jobs: one trains
+        origin = train(path, key, engine=engine)
+    return path, key, origin
+
+
 def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSettings,
                     data: TextClassificationData, engine: EngineSettings) -> ModelBundle:
     """Returns a teacher ready to distil from: as given, from the cache, or fine-tuned now.
@@ -272,7 +299,7 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
     if teacher.model is None:
         log.info("teacher stage skipped: %s has no model to fine-tune", teacher.name)
         return teacher
-    needed = mode is True or (mode == "auto" and not teacher.trained_head)
+    needed = needs_training(teacher, mode)
     if not needed and settings.meta():
         log.warning("teacher.finetune_settings (domains, sample_weights, domain_loss_weight) "
                     "are not used: teacher '%s' is not trained by the teacher stage (set "
@@ -282,13 +309,9 @@ def prepare_teacher(teacher: ModelBundle, mode: str | bool, settings: FinetuneSe
             log.warning("teacher '%s' has an untrained head and teacher.finetune=false: "
                         "its soft labels are noise", teacher.name)
         return teacher
-    engine = settings.engine(engine)
-    tuned = dataclasses.replace(engine, precision=_precision(settings, engine))
-    dtype = tuned.autocast_dtype(tuned.resolve_device())
-    key = cache_key(teacher, data, settings, engine.seed, str(dtype or "fp32"))
-    path = cache_root() / "teachers" / key
-    with file_lock(path.with_name(f"{key}.lock")):  # parallel sweep jobs: one fine-tunes
-        origin = _load_or_finetune(teacher, path, key, settings, data, engine)
+    path, key, origin = train_once(
+        settings, engine, partial(cache_key, teacher, data, settings),
+        partial(_load_or_finetune, teacher, settings=settings, data=data))
     cached = pretrained_classifier(str(path), labels=data.labels)
     cached.name = f"{teacher.name} fine-tuned [{key}]"
     cached.initial = teacher
