@@ -73,6 +73,14 @@ def test_built_in_stages_keep_the_stage_contract():
     assert [s.name for s in stages_named(DISTIL)] == DISTIL
     with pytest.raises(ConfigError, match="unknown stage.*distill"):
         stages_named(["build", "distill"])
+    with pytest.raises(ConfigError, match="stage 'export' needs evaluate before it; e.g. "
+                                          "build -> teacher -> student -> teacher_targets -> "
+                                          "distil -> evaluate -> export"):
+        stages_named(["build", "teacher", "export"])
+    with pytest.raises(ConfigError, match="lists stage 'build' twice"):
+        stages_named(["build", "build"])
+    with pytest.raises(ConfigError, match="stage 'teacher' needs build"):
+        stages_named(["teacher", "build"])
 
 
 @pytest.mark.parametrize(("task", "modes"), [

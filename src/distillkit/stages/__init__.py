@@ -32,10 +32,37 @@ STAGES: dict[str, type] = {stage.name: stage for stage in (
     ExportLogitsStage)}
 
 
+# What each stage reads from the context: the stages that must run before it.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "build": (), "teacher": ("build",), "student": ("teacher",),
+    "teacher_targets": ("student",), "distil": ("student", "teacher_targets"),
+    "evaluate": ("distil",), "export": ("evaluate",), "export_logits": ("teacher",)}
+
+
 def stages_named(names: Sequence[str]) -> list[Stage]:
-    """The built-in stages ``names`` lists, in order; an unknown name is refused."""
+    """The built-in stages ``names`` lists, in order.
+
+    Raises:
+        ConfigError: for an unknown name, a stage listed twice, or a stage listed before one
+            it reads from (``export`` needs ``evaluate`` before it, ...).
+    """
     unknown = [n for n in names if n not in STAGES]
     if unknown:
         raise ConfigError(f"task.pipeline names unknown stage(s) {', '.join(unknown)}; the "
                           f"stages are {', '.join(STAGES)}")
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"task.pipeline lists stage '{name}' twice; list it once")
+        missing = [n for n in NEEDS[name] if n not in names[:i]]
+        if missing:
+            raise ConfigError(f"task.pipeline: stage '{name}' needs {', '.join(missing)} "
+                              f"before it; e.g. {' -> '.join(_order(name))}")
     return [STAGES[name]() for name in names]
+
+
+def _order(name: str) -> list[str]:
+    """``name`` and every stage it needs, in an order that runs."""
+    out: list[str] = []
+    for need in NEEDS[name]:
+        out += [n for n in _order(need) if n not in out]
+    return [*out, name]
