@@ -44,9 +44,6 @@ def run_record(ctx: Any, stages: dict[str, Any]) -> dict[str, Any]:
     record["objective"] = {"name": f"{kind}_{metric}", "value": chosen[metric]}
     if "resumed_from" in ctx.details:
         record["resumed_from"] = ctx.details["resumed_from"]
-    for key in ("sequence_kd", "teacher_rationales", "teacher_labels"):
-        if key in ctx.details:
-            record.setdefault("targets", {})[key] = ctx.details[key]
     if ctx.dist.enabled:
         record["distributed"] = ctx.dist.summary(ctx.settings.batch_size)
     return record

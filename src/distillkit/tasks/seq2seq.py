@@ -31,6 +31,8 @@ from distillkit.tasks.base import Evaluator, Task
 from distillkit.teachers.finetune import stage_settings
 
 log = logging.getLogger(__name__)
+# What the teacher_targets stage leaves in RunContext.details (seq2seq.targets), recorded.
+TARGET_DETAILS = ("sequence_kd", "teacher_rationales", "teacher_labels")
 class Seq2SeqTask(Task):
     """Distils an ``AutoModelForSeq2SeqLM`` teacher into a smaller one, judged by generation."""
 
@@ -175,6 +177,9 @@ class Seq2SeqTask(Task):
         }
         if ev.validation is not None:
             metrics["validation"] = {"split": data.split_names["eval"], "student": ev.validation}
+        targets = {key: ctx.details[key] for key in TARGET_DETAILS if key in ctx.details}
+        if targets:  # what the teacher_targets stage generated, and from where
+            metrics["targets"] = targets
         return metrics
 
     def summary(self, metrics: dict[str, Any]) -> str:
