@@ -1,6 +1,6 @@
 """Typed schemas for the most-overridden config groups, registered in Hydra's ConfigStore.
 
-Each option file of ``loss/``, ``trainer/`` and ``data/`` starts from its schema
+Each option file of ``loss/``, ``trainer/``, ``data/`` and ``general/`` starts from its schema
 (``defaults: [<group>_schema, _self_]``), and the top-level ``export`` section from
 ``export_schema``, so a typo'd key (``loss.temprature``) or a wrong type
 (``loss.alpha=high``) fails at compose time with a message naming the key.
@@ -14,6 +14,7 @@ from typing import Any, List, Optional  # noqa: UP035 - OmegaConf needs typing g
 from hydra.core.config_store import ConfigStore
 
 from distillkit.engine.settings import EngineSettings
+from distillkit.general.settings import GeneralSettings
 
 
 @dataclass
@@ -172,6 +173,7 @@ def register_schemas() -> None:
     cs.store(group="loss", name="loss_schema", node=LossSchema)
     cs.store(group="trainer", name="trainer_schema", node=TrainerSchema)
     cs.store(group="data", name="data_schema", node=DataSchema)
+    cs.store(group="general", name="general_schema", node=GeneralSettings)
     cs.store(group="loss", name="seq2seq_loss_schema", node=Seq2SeqLossSchema)
     cs.store(group="loss", name="step_by_step_schema", node=StepByStepSchema)
     cs.store(group="data", name="seq2seq_data_schema", node=Seq2SeqDataSchema)

@@ -74,7 +74,8 @@ class ParallelStep:
             inputs: the model inputs, on the device.
             flags: which optional outputs the student returns.
             teacher_out: the teacher's outputs for the batch (or None).
-            batch: the batch on the device (``labels`` counts this rank's examples).
+            batch: the batch on the device (its ``attention_mask`` counts this rank's
+                examples).
             sync: whether this backward pass averages the gradients over the ranks (the last
                 micro-batch of an optimizer step); False accumulates them locally.
             autocast: the forward pass's autocast context.
@@ -84,7 +85,7 @@ class ParallelStep:
         Returns:
             The loss output and this rank's share weight (:meth:`DistEnv.shard_weight`).
         """
-        weight = self.dist.shard_weight(int(batch["labels"].shape[0]))
+        weight = self.dist.shard_weight(int(batch["attention_mask"].shape[0]))
         context = (self.module.no_sync() if self.dist.enabled and not sync else nullcontext())
         with context:
             with autocast:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from distillkit.engine import Distiller
     from distillkit.engine.trainer import TrainResult
+    from distillkit.general import GeneralResult
     from distillkit.losses.contract import KDLoss
     from distillkit.losses.mapping import LayerPair
     from distillkit.models import ModelBundle
@@ -63,6 +64,7 @@ class RunContext:
         teacher_plan: per teacher model, its fine-tune mode and settings (build).
         student: the student bundle (build).
         pairs: the layer mapping (build).
+        general: what the general stage did (None: not run or ``general=none``).
         cached_logits: whether every batch carries the teacher's logits (teacher_targets), so
             the loop never runs the teacher.
         export: ``mode=export_logits``: what to export (export_logits' prepare); the build
@@ -90,6 +92,7 @@ class RunContext:
     teacher_plan: TeacherPlan | None = None
     student: ModelBundle | None = None
     pairs: list[LayerPair] = field(default_factory=list)
+    general: GeneralResult | None = None
     cached_logits: bool = False
     export: ExportRequest | None = None
     details: dict[str, Any] = field(default_factory=dict)

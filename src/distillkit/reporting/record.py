@@ -14,6 +14,8 @@ Read by ``distillkit report`` and the sweep summary (:mod:`distillkit.reporting.
     stages       {stage name: origin}: computed, cache, file, fine-tuned, resumed, skipped, ...
     stage_seconds {stage name: wall seconds}
     train        {steps, epochs, seconds, last_losses, evals}
+    general      the general stage's {origin, key, path, embeddings, texts, steps, seconds,
+                 last_losses} (when it ran)
     ...          the task's own fields (params, eval_split, splits, inference, ensemble, ...)
 """
 
@@ -42,6 +44,8 @@ def run_record(ctx: Any, stages: dict[str, Any]) -> dict[str, Any]:
     record["stages"] = stages
     record["stage_seconds"] = dict(ctx.stage_seconds)
     record["objective"] = {"name": f"{kind}_{metric}", "value": chosen[metric]}
+    if ctx.general is not None:
+        record["general"] = ctx.general.record()
     if "resumed_from" in ctx.details:
         record["resumed_from"] = ctx.details["resumed_from"]
     if ctx.dist.enabled:

@@ -4,6 +4,7 @@
 ``build``            data, loss, the teacher as configured; student/mapping/loss checked
 ``teacher``          fine-tune the teacher on the task once (per member of an ensemble); cached
 ``student``          build the student on the trained teacher; bind the loss to the mapping
+``general``          ``general`` enabled: distil the student on unlabelled text first (cached)
 ``teacher_targets``  teacher logits per split (cached, or from ``teacher=offline``'s file), or
                      teacher generations (seq-KD, step by step; cached)
 ``distil``           train the student (resume, checkpoints, DDP, evaluation during training
@@ -24,17 +25,18 @@ from distillkit.stages.build import BuildStage
 from distillkit.stages.distil import DistilStage
 from distillkit.stages.evaluate import EvaluateStage
 from distillkit.stages.export import ExportLogitsStage, ExportStage
+from distillkit.stages.general import GeneralStage
 from distillkit.stages.student import StudentStage
 from distillkit.stages.teacher import TeacherStage, TeacherTargetsStage
 
 STAGES: dict[str, type] = {stage.name: stage for stage in (
-    BuildStage, TeacherStage, StudentStage, TeacherTargetsStage, DistilStage, EvaluateStage, ExportStage,
+    BuildStage, TeacherStage, StudentStage, GeneralStage, TeacherTargetsStage, DistilStage, EvaluateStage, ExportStage,
     ExportLogitsStage)}
 
 
 # What each stage reads from the context: the stages that must run before it.
 NEEDS: dict[str, tuple[str, ...]] = {
-    "build": (), "teacher": ("build",), "student": ("teacher",),
+    "build": (), "teacher": ("build",), "student": ("teacher",), "general": ("student",),
     "teacher_targets": ("student",), "distil": ("student", "teacher_targets"),
     "evaluate": ("distil",), "export": ("evaluate",), "export_logits": ("teacher",)}
 

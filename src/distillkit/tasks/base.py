@@ -54,8 +54,15 @@ class Task(ABC):
 
     def check(self, cfg: DictConfig, dist: Any) -> None:
         """Cheap checks of the config against the task, before anything is built: every
-        option of the teacher, student, data and loss groups is one of this task's."""
+        option of the teacher, student, data and loss groups is one of this task's, and
+        ``general`` is on only where the task's pipeline has a general stage."""
         check_options(cfg, self.name)
+        general = cfg.get("general")
+        if general is not None and general.get("enabled", False) and not any(
+                "general" in names for names in self.pipeline.values()):
+            raise ConfigError(f"general distillation is on (general.enabled=true) but "
+                              f"task={self.name} has no general stage in its pipeline; "
+                              f"use general=none")
 
     @staticmethod
     def objective(cfg: DictConfig, metric: str) -> str:

@@ -1,0 +1,32 @@
+"""The ``general`` stage: the student distilled on unlabelled text before the task (cached)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distillkit.general import GeneralSettings, general_distillation
+from distillkit.general.distill import spec_of
+from distillkit.pipeline.context import RunContext
+
+
+class GeneralStage:
+    """General (task-agnostic) distillation (:mod:`distillkit.general`): with ``general``
+    enabled, the freshly built student learns the teacher's intermediate representations on a
+    corpus of plain text, once; later runs read its encoder from the cache. ``skipped`` with
+    ``general=none``."""
+
+    name = "general"
+    main_first = True  # rank 0 trains (or reads) it; the other ranks then read the cache
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Checks the ``general`` section (keys, choices, ranges) before any stage runs."""
+        GeneralSettings.from_config(spec_of(ctx.cfg.get("general")))
+
+    def run(self, ctx: RunContext) -> Any:
+        spec = spec_of(ctx.cfg.get("general"))
+        settings = GeneralSettings.from_config(spec)
+        if not settings.enabled:
+            return "skipped"
+        ctx.general = general_distillation(ctx.teacher, ctx.student, settings, spec,
+                                           ctx.settings)
+        return ctx.general.origin
