@@ -18,7 +18,7 @@ from distillkit.pipeline import ORIGINS, RunContext, Stage, run_stages
 from distillkit.stages import STAGES, stages_named
 from tests.conftest import CONF, TINY_RUN, one_error_line, run_cli
 
-DISTIL = ["build", "teacher", "student", "teacher_targets", "distil", "evaluate", "export"]
+DISTIL = ["build", "teacher", "student", "general", "teacher_targets", "distil", "evaluate", "export"]
 
 
 @dataclass
@@ -127,13 +127,14 @@ def test_a_run_prints_its_graph_and_records_each_stage_origin(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert ("run graph (task=classification, mode=distil): build -> teacher -> student -> "
-            "teacher_targets -> distil -> evaluate -> export") in out
+            "general -> teacher_targets -> distil -> evaluate -> export") in out
     record = json.loads((first / "metrics.json").read_text())
     assert record["schema"] == 2 and record["task"] == "classification"
     assert record["metric"] == "accuracy"
     stages = record["stages"]
     assert list(stages) == DISTIL
     assert stages["teacher"] == "fine-tuned"
+    assert stages["general"] == "skipped"  # general=none
     assert stages["teacher_targets"] == {"train": "computed"}
     assert stages["evaluate"] == {"teacher": "computed", "student": "computed"}
     assert record["objective"] == {"name": "final_accuracy",
