@@ -1,4 +1,5 @@
-"""Shared parts of the bench scripts (``speed.py``, ``textbrewer_compare.py``).
+"""Shared parts of the bench scripts (``speed.py``, ``textbrewer_compare.py``,
+``general_textbrewer.py``).
 
 * :func:`prepare`: one distillkit config (Hydra overrides) → the objects a run builds
   (``distillkit.run.build``: data, teacher after its teacher stage, student, bound loss, cached
@@ -409,7 +410,9 @@ def textbrewer_matches(loss: Any, student_width: int, teacher_width: int) -> lis
     """TextBrewer ``intermediate_matches`` equivalent to distillkit's resolved term plan.
 
     ``hidden_mse`` gets a linear projection when the widths differ (as distillkit's does);
-    ``mmd`` compares each pair's gram matrix with itself (``layer_T: [t, t]``).
+    ``mmd`` compares each pair's gram matrix with itself (``layer_T: [t, t]``);
+    ``attention_mse`` is TextBrewer's masked ``attention_mse`` on the attention maps (its
+    adaptor's ``attention`` list holds layers 1..L at 0..L-1; equal head counts needed).
     """
     matches = []
     for name, pair, weight in loss.intermediate.plan:
@@ -419,6 +422,9 @@ def textbrewer_matches(loss: Any, student_width: int, teacher_width: int) -> lis
             if student_width != teacher_width:
                 match["proj"] = ["linear", student_width, teacher_width]
             matches.append(match)
+        elif name == "attention_mse":
+            matches.append({"layer_T": pair.teacher - 1, "layer_S": pair.student - 1,
+                            "feature": "attention", "loss": "attention_mse", "weight": weight})
         elif name == "mmd":
             matches.append({"layer_T": [pair.teacher] * 2, "layer_S": [pair.student] * 2,
                             "feature": "hidden", "loss": "mmd", "weight": weight})
@@ -468,16 +474,19 @@ def train_textbrewer(setup: Setup, student: torch.nn.Module, batches: Sequence[d
         warmup, steps, s.grad_accum_steps, device)
 
     def adaptor(batch: dict, out: Any) -> dict:
-        return {"logits": out.logits, "hidden": list(out.hidden_states),
-                "inputs_mask": batch["attention_mask"],
-                "losses": [hard(out.logits, batch["labels"])]}
+        outputs = {"logits": out.logits, "hidden": list(out.hidden_states),
+                   "inputs_mask": batch["attention_mask"],
+                   "losses": [hard(out.logits, batch["labels"])]}
+        if out.attentions is not None:
+            outputs["attention"] = list(out.attentions)
+        return outputs
 
     t = loss.temperature
+    matches = textbrewer_matches(loss, int(student.config.hidden_size),
+                                 int(teacher.config.hidden_size))
     distill_cfg = DistillationConfig(
         temperature=t, kd_loss_type="ce", kd_loss_weight=loss.alpha * t * t,
-        hard_label_weight=1.0 - loss.alpha,
-        intermediate_matches=textbrewer_matches(loss, int(student.config.hidden_size),
-                                                int(teacher.config.hidden_size)))
+        hard_label_weight=1.0 - loss.alpha, intermediate_matches=matches)
     set_seed(s.seed)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="distillkit-bench-tb-") as out_dir, \
@@ -499,7 +508,8 @@ def train_textbrewer(setup: Setup, student: torch.nn.Module, batches: Sequence[d
             distiller.train(optimizer, wrapped, num_steps=total,
                             scheduler_class=lambda optimizer, **kw: sched(optimizer, **kw),
                             scheduler_args={"num_training_steps": total},
-                            max_grad_norm=s.max_grad_norm or -1.0, output_hidden_states=True)
+                            max_grad_norm=s.max_grad_norm or -1.0, output_hidden_states=True,
+                            output_attentions=any(m["feature"] == "attention" for m in matches))
         distiller.tb_writer.close()
     return Timing(wrapped.seconds, steps, tokens, memory, time.perf_counter() - start)
 
