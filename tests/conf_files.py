@@ -3,7 +3,8 @@
 :func:`expected_values` walks the file's own ``defaults`` list (the options it pulls in or
 overrides that have files under conf/; structured-config schemas have none) and merges their
 bodies and then the file's own body, each at its package, into one plain nested dict rooted at
-the global config. :func:`mismatches` lists where a composed config differs from it.
+the global config. An ``override`` picks the group's one option: what an earlier entry set at
+that package is dropped first. :func:`mismatches` lists where a composed config differs from it.
 """
 
 from __future__ import annotations
@@ -42,15 +43,16 @@ def merge(into: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return into
 
 
-def _entries(path: Path, package: str) -> list[tuple[Path, str] | None]:
-    """The file's defaults as ``(option file, package)`` in order; None marks ``_self_``."""
+def _entries(path: Path, package: str) -> list[tuple[Path, str, bool] | None]:
+    """The file's defaults as ``(option file, package, is an override)`` in order; None marks
+    ``_self_``."""
     defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
-    out: list[tuple[Path, str] | None] = []
+    out: list[tuple[Path, str, bool] | None] = []
     for entry in defaults:
         if entry == "_self_":
             out.append(None)
         elif isinstance(entry, str):  # a config of the same group (or a schema: no file)
-            out.append((path.parent / f"{entry}.yaml", package))
+            out.append((path.parent / f"{entry}.yaml", package, False))
         else:
             ((key, option),) = entry.items()
             group, _, sub = key.removeprefix("override ").strip().lstrip("/").partition("@")
@@ -60,7 +62,7 @@ def _entries(path: Path, package: str) -> list[tuple[Path, str] | None]:
                 full = sub.removeprefix("_global_").lstrip(".")
             else:
                 full = _join(package, sub or group.replace("/", "."))
-            out.append((CONF / group / f"{option}.yaml", full))
+            out.append((CONF / group / f"{option}.yaml", full, key.startswith("override ")))
     if None not in out:
         out.append(None)  # no _self_: the file's body comes after its defaults
     return out
@@ -74,7 +76,15 @@ def expected_values(path: Path, package: str) -> dict[str, Any]:
         if entry is None:
             merge(expected, _at(package, _body(path)))
         elif entry[0].is_file():
-            merge(expected, expected_values(*entry))
+            option, at, override = entry
+            if override and at:  # the group's earlier option no longer applies
+                *parents, last = at.split(".")
+                node = expected
+                for key in parents:
+                    node = node.get(key) if isinstance(node, dict) else None
+                if isinstance(node, dict):
+                    node.pop(last, None)
+            merge(expected, expected_values(option, at))
     return expected
 
 

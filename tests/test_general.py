@@ -210,12 +210,15 @@ def test_cli_runs_reuse_the_stage(tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("extra", "phrases"), [
-    (["general.corpus=missing.txt"], ["general.corpus file not found", "missing.txt"]),
+@pytest.mark.parametrize(("args", "phrases"), [
+    ([*TINY_RUN, "general.corpus=missing.txt"],
+     ["general.corpus file not found", "missing.txt"]),
     (["task=seq2seq", "teacher=t5_small_scratch", "student=t5_tiny", "data=arith",
-      "loss=seq_word_kd"], ["general.enabled=true", "task=seq2seq", "general=none"]),
+      "loss=seq_word_kd", "trainer=debug"], ["general.enabled=true", "task=seq2seq",
+                                             "general=none"]),
 ])
-def test_cli_refusals(tmp_path, extra, phrases):
-    proc = run_cli([*TINY_RUN, "general=tinybert", *extra, f"hydra.run.dir={tmp_path / 'r'}"],
+def test_cli_refusals(tmp_path, args, phrases):
+    proc = run_cli([*args, "general=tinybert", f"hydra.run.dir={tmp_path / 'r'}"],
                    cwd=tmp_path)
     one_error_line(proc.returncode, proc.stdout + proc.stderr, phrases)
+    assert "fine-tuning teacher" not in proc.stdout + proc.stderr  # refused before any work

@@ -72,6 +72,23 @@ def _hub(spec: str, column: str) -> list[str]:
     return list(data["train"][column])
 
 
+def _sources(corpus: Any) -> list[str]:
+    return [str(s) for s in ([corpus] if isinstance(corpus, str) else list(corpus))]
+
+
+def check_corpus(corpus: Any) -> None:
+    """Cheap check before any stage runs: every local file of the corpus exists.
+
+    Raises:
+        DataError: naming the first missing file.
+    """
+    for source in _sources(corpus):
+        if source != "snli" and not source.startswith(HUB_PREFIX) \
+                and not Path(source).expanduser().is_file():
+            raise DataError(f"general.corpus file not found: {source}; give a .txt file (one "
+                            "text per line), a table file, snli, or hub:<dataset>")
+
+
 def load_texts(corpus: Any, text_column: str = "text", max_texts: int | None = None
                ) -> list[str]:
     """The corpus's texts: stripped, non-empty, de-duplicated in order of first appearance.
@@ -79,10 +96,8 @@ def load_texts(corpus: Any, text_column: str = "text", max_texts: int | None = N
     Raises:
         DataError: a missing or unreadable file, a missing column, or no text at all.
     """
-    sources = [corpus] if isinstance(corpus, str) else list(corpus)
     texts: list[str] = []
-    for source in sources:
-        source = str(source)
+    for source in _sources(corpus):
         if source == "snli":
             texts += _snli()
         elif source.startswith(HUB_PREFIX):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from distillkit.general import GeneralSettings, general_distillation
+from distillkit.general.corpus import check_corpus
 from distillkit.general.distill import spec_of
 from distillkit.pipeline.context import RunContext
 
@@ -19,8 +20,11 @@ class GeneralStage:
     main_first = True  # rank 0 trains (or reads) it; the other ranks then read the cache
 
     def prepare(self, ctx: RunContext) -> None:
-        """Checks the ``general`` section (keys, choices, ranges) before any stage runs."""
-        GeneralSettings.from_config(spec_of(ctx.cfg.get("general")))
+        """Checks the ``general`` section (keys, choices, ranges, the corpus files) before
+        any stage runs."""
+        settings = GeneralSettings.from_config(spec_of(ctx.cfg.get("general")))
+        if settings.enabled:
+            check_corpus(settings.corpus)
 
     def run(self, ctx: RunContext) -> Any:
         spec = spec_of(ctx.cfg.get("general"))
