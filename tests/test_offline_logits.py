@@ -267,7 +267,8 @@ def test_export_then_offline_teacher_gives_the_cached_logits_student(tmp_path, t
         assert got["teacher"]["accuracy"] is None and got["retention"] is None
         assert got["params"]["teacher"] is None and got["inference"]["speedup"] is None
         assert got["stages"] == {"build": "computed", "teacher": "offline",
-                                 "student": "computed", "teacher_targets": {"train": "file"},
+                                 "student": "computed", "general": "skipped",
+                                 "teacher_targets": {"train": "file"},
                                  "distil": "computed",
                                  "evaluate": {"teacher": "offline", "student": "computed"},
                                  "export": "computed"}
@@ -348,4 +349,5 @@ def test_snli_slice_exports_by_pair_id_and_distils_offline(tmp_path):
     assert "teacher logits for 'transfer' (32 x 3) matched by id" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["stages"]["teacher_targets"] == {"train": "file", "transfer": "file"}
+    assert metrics["stages"]["general"] == "skipped"  # bert4l's general stage: no teacher layers
     assert metrics["student"]["examples"] == 32 and metrics["teacher"]["accuracy"] is None

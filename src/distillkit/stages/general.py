@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from distillkit.general import GeneralSettings, general_distillation
 from distillkit.general.corpus import check_corpus
 from distillkit.general.distill import spec_of
 from distillkit.pipeline.context import RunContext
+from distillkit.teachers.setup import student_basis
+
+log = logging.getLogger(__name__)
 
 
 class GeneralStage:
@@ -30,6 +34,11 @@ class GeneralStage:
         spec = spec_of(ctx.cfg.get("general"))
         settings = GeneralSettings.from_config(spec)
         if not settings.enabled:
+            return "skipped"
+        if student_basis(ctx.teacher).model is None:  # teacher=offline: logits, no layers
+            log.warning("general distillation skipped: teacher '%s' has no layers to learn "
+                        "from (teacher=offline); the student starts from its own "
+                        "initialisation", ctx.teacher.name)
             return "skipped"
         ctx.general = general_distillation(ctx.teacher, ctx.student, settings, spec,
                                            ctx.settings)
