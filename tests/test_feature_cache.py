@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +195,21 @@ def test_bad_settings_are_one_error_line(tmp_path, override, phrases):
                    tmp_path)
     one_error_line(proc.returncode, proc.stdout + proc.stderr, phrases)
     assert not (tmp_path / "dk-cache" / "teachers").exists(), "refused before the teacher stage"
+
+
+@pytest.mark.e2e
+def test_speed_bench_times_the_cached_case(tmp_path):
+    """bench/speed.py's (g) and (h) on tiny models: the feature-cache case builds and reports
+    its ratios (the numbers themselves are the benchmark's business, not a test's)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "speed.json"
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / "speed.py"), "--cases", "g,h", "--steps", "1",
+         "--warmup", "0", "--json", str(out)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=600, env={**os.environ, "DISTILLKIT_CACHE": str(tmp_path / "c")},
+        check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [c["case"] for c in result["cases"]] == ["g", "h"]
+    assert result["ratios"]["g_over_h_step_time"]["value"] > 0
+    assert result["builds"][0]["teacher_features"]["source"] == "computed"

@@ -67,7 +67,10 @@ class FeatureCollator:
         self.hidden_index, self.attention_index = layers.pop()
 
     def __call__(self, examples: list[dict]) -> dict:
-        batch = self.collate(examples)
+        return self.add_features(self.collate(examples))
+
+    def add_features(self, batch: dict) -> dict:
+        """Replaces a padded batch's ``teacher_row`` with its examples' features."""
         rows = batch.pop(ROW).tolist()
         mask = batch["attention_mask"]
         size, seq = mask.shape

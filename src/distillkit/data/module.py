@@ -11,7 +11,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from distillkit.data.checks import check_texts, inferred_labels, text_encoding
+from distillkit.data.checks import check_row_ids, check_texts, inferred_labels, text_encoding
 from distillkit.data.feature_rows import ROW, ExampleFeatures, FeatureCollator
 from distillkit.data.logit_rows import WithTeacherLogits
 from distillkit.data.sampling import (
@@ -299,22 +299,8 @@ class TextClassificationData:
             DataError: when an id is empty or occurs twice in the split.
         """
         self.prepare()
-        ids = self._ids[role]
-        where = f"split '{self.split_names[role]}'"
-        column = (f"column '{self.id_column}' (data.id_column)" if self.id_column
-                  else "row index")
-        first: dict[str, int] = {}
-        for row, value in enumerate(ids):
-            if not value:
-                raise DataError(f"row {row} of {where} has no id in {column}; every row needs "
-                                "one, or set data.id_column=null to use row indices")
-            if value in first:
-                raise DataError(
-                    f"{where} has duplicate ids in {column}: '{value}' at rows {first[value]} "
-                    f"and {row}; ids must be unique within a split (set data.id_column to a "
-                    "unique column, or null to use row indices)")
-            first[value] = row
-        return list(ids)
+        return check_row_ids(self._ids[role], f"split '{self.split_names[role]}'",
+                             self.id_column)
 
     def _roles(self, role: str) -> list[str]:
         """The splits behind ``role``: ``distil`` is train plus transfer, others themselves."""
