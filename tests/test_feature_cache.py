@@ -213,3 +213,15 @@ def test_speed_bench_times_the_cached_case(tmp_path):
     assert [c["case"] for c in result["cases"]] == ["g", "h"]
     assert result["ratios"]["g_over_h_step_time"]["value"] > 0
     assert result["builds"][0]["teacher_features"]["source"] == "computed"
+
+
+@pytest.mark.e2e
+def test_parallel_sweep_over_weights_makes_one_teacher_pass(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY_RUN,
+                    "trainer.max_steps=2", "export_student=false", "loss=mmd",
+                    "loss.alpha=0.2,0.8", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert sorted(r["teacher_features"]["source"] for r in records) == ["cache", "computed"]
+    assert len(_entries(tmp_path / "dk-cache")) == 1
