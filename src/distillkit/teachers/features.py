@@ -38,13 +38,13 @@ from distillkit.errors import ConfigError
 from distillkit.losses.contract import KDLoss
 from distillkit.models import EnsembleTeacher, ModelBundle
 from distillkit.runtime.assets import cache_root
-from distillkit.runtime.io import write_file
 from distillkit.runtime.locks import file_lock
 from distillkit.teachers.feature_store import DTYPES, FeatureSpec, FeatureStore, FeatureWriter
 from distillkit.teachers.outputs import (
     inference_batch_size,
     logits_path,
     split_key,
+    store_logits,
     weights_digest,
 )
 from distillkit.teachers.setup import live_teacher, student_basis
@@ -147,9 +147,10 @@ def cache_teacher_features(teacher: ModelBundle, loss: KDLoss, data: TextClassif
     device = settings.resolve_device()
     precision = settings.teacher_dtype(device)
     roles = data.distil_roles()
-    lengths = {r: [len(ids) for ids in data.tokenized[r]["input_ids"]] for r in roles}
+    lengths = {r: data.lengths(r) for r in roles}
     weights = weights_digest(basis)
-    paths = {r: _entry(split_key(weights, data, r, precision), spec) for r in roles}
+    base_keys = {r: split_key(weights, data, r, precision) for r in roles}
+    paths = {r: _entry(base_keys[r], spec) for r in roles}
     tokens = sum(sum(v) for v in lengths.values())
     size = sum(spec.nbytes(lengths[r]) for r in roles)
     result = FeatureCache("live", dtype, list(spec.hidden), list(spec.attentions), tokens, size)
@@ -164,7 +165,9 @@ def cache_teacher_features(teacher: ModelBundle, loss: KDLoss, data: TextClassif
         result.reason = (f"{missing / GB:.2f} GB needed but {free / GB:.2f} GB free under "
                          f"{cache_root()}; free disk space or set DISTILLKIT_CACHE elsewhere")
         return result
-    # the logits cache entry too, from the same pass, when the loss reads the logits
+    # the logits cache entry too, from the same pass, when the loss reads the logits: a single
+    # teacher is its own basis, so the base keys are the logits cache's keys (an ensemble's
+    # logits combine its members and are not this pass's)
     logits_from_pass = not isinstance(teacher, EnsembleTeacher) and loss.teacher_depth() is None
     model = live_teacher(teacher, loss)
     for role in roles:
@@ -173,8 +176,7 @@ def cache_teacher_features(teacher: ModelBundle, loss: KDLoss, data: TextClassif
             if _done(path):
                 result.splits[role] = {"origin": "cache", "key": path.name}
             else:
-                logits_file = logits_path(split_key(weights_digest(teacher), data, role,
-                                                    precision)) if logits_from_pass else None
+                logits_file = logits_path(base_keys[role]) if logits_from_pass else None
                 seconds, wrote = _compute(model, data, role, spec, lengths[role], path,
                                           settings, logits_file)
                 result.seconds += seconds
@@ -231,10 +233,7 @@ def _compute(model: torch.nn.Module, data: TextClassificationData, role: str,
     with file_lock(logits_file.with_suffix(".lock")):
         if logits_file.is_file():  # another job wrote them meanwhile
             return seconds, False
-        timing = json.dumps({"role": role, "examples": len(logits),
-                             "forward_seconds": round(seconds, 3)}).encode()
-        write_file(logits_file.with_suffix(".json"), lambda fh: fh.write(timing))
-        write_file(logits_file, lambda fh: np.save(fh, logits))
+        store_logits(logits_file, logits, role, seconds)
     log.info("teacher logits for '%s' written from the same pass to %s", role, logits_file)
     return seconds, True
 

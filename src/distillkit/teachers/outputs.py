@@ -130,6 +130,15 @@ def _cached_ensemble(ensemble: EnsembleTeacher, members: dict[str, ModelBundle],
         return np.load(path, mmap_mode="r"), "computed"
 
 
+def store_logits(path: Path, logits: np.ndarray, role: str, seconds: float) -> None:
+    """Writes a split's logits cache entry: ``<key>.npy`` and, beside it, ``<key>.json`` with
+    the seconds of the teacher pass that computed them."""
+    timing = json.dumps({"role": role, "examples": len(logits),
+                         "forward_seconds": round(seconds, 3)}).encode()
+    write_file(path.with_suffix(".json"), lambda fh: fh.write(timing))
+    write_file(path, lambda fh: np.save(fh, logits))
+
+
 def _load_or_compute(teacher: ModelBundle, data: TextClassificationData, role: str,
                      path: Path, settings: EngineSettings) -> tuple[np.ndarray, str]:
     """The split's logits from ``path``, or computed now and cached there; and which it was.
@@ -145,10 +154,7 @@ def _load_or_compute(teacher: ModelBundle, data: TextClassificationData, role: s
         return logits, "cache"
     start = time.perf_counter()
     logits, seconds = _timed_logits(teacher, data, role, settings)
-    timing = json.dumps({"role": role, "examples": len(logits),
-                         "forward_seconds": round(seconds, 3)}).encode()
-    write_file(path.with_suffix(".json"), lambda fh: fh.write(timing))
-    write_file(path, lambda fh, a=logits: np.save(fh, a))
+    store_logits(path, logits, role, seconds)
     log.info("teacher logits for '%s' (%d x %d) computed in %.0fs, cached at %s",
              role, *logits.shape, time.perf_counter() - start, path)
     del logits  # from here on the split's logits are read from disk, like a cache hit
