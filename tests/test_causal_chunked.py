@@ -171,6 +171,7 @@ def test_no_counted_token_gives_zero(case):
     out = token_losses(LMHeadInput(h, w, b), case["ht"] @ case["wt"].T, labels, ForwardKL(),
                        ce_weight=1.0)
     assert out.total.item() == 0.0 and out.tokens == 0
+    assert out.kd.item() == 0.0 and out.ce.item() == 0.0
     out.total.backward()
     assert h.grad.abs().max().item() == 0.0
 

@@ -163,8 +163,6 @@ class _ChunkedLoss(torch.autograd.Function):
                 if gb is not None:
                     gb += dz.sum(0)
         ctx.save_for_backward(gx, gw, gb)
-        ctx.dtypes = (None if weight is None else weight.dtype,
-                      None if bias is None else bias.dtype)
         n = max(plan.rows.numel(), 1)
         kd_mean, ce_mean = kd_sum / n, ce_sum / n
         ctx.mark_non_differentiable(kd_mean, ce_mean)
@@ -176,13 +174,12 @@ class _ChunkedLoss(torch.autograd.Function):
         gx, gw, gb = ctx.saved_tensors
         one = bool(torch.equal(grad_total, torch.ones_like(grad_total)))
 
-        def scaled(grad, dtype=None):
+        def scaled(grad):  # autograd casts it to the input's dtype (float32 buffers: bf16 heads)
             if grad is None:
                 return None
-            grad = grad if one else grad * grad_total.to(grad.dtype)
-            return grad if dtype is None else grad.to(dtype)
+            return grad if one else grad * grad_total.to(grad.dtype)
 
-        return None, scaled(gx), scaled(gw, ctx.dtypes[0]), scaled(gb, ctx.dtypes[1])
+        return None, scaled(gx), scaled(gw), scaled(gb)
 
 
 def token_losses(
