@@ -20,7 +20,7 @@ from distillkit.causal.divergences import (
 )
 from distillkit.causal.token_loss import shift_for_next_token
 from distillkit.causal.topk import topk_targets
-from distillkit.errors import ConfigError
+from distillkit.errors import ConfigError, ModelError
 
 B, T, H, V, HT = 2, 9, 6, 13, 5
 
@@ -55,11 +55,12 @@ def counted_of(case):
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 @pytest.mark.parametrize("teacher_form", ["logits", "head", "topk"])
-def test_chunked_equals_unchunked(case, chunk, teacher_form):
+@pytest.mark.parametrize("t", [1.0, 2.0])
+def test_chunked_equals_unchunked(case, chunk, teacher_form, t):
     zt = case["ht"] @ case["wt"].T
     teacher = {"logits": zt, "head": LMHeadInput(case["ht"], case["wt"]),
                "topk": topk_targets(zt, V)}[teacher_form]
-    t, counted = 2.0, counted_of(case)
+    counted = counted_of(case)
     h, w, b = leaves(case)
     z = h @ w.T + b
     ref = 0.3 * reference_kl(z, zt, counted, t) + 0.7 * F.cross_entropy(
@@ -263,3 +264,13 @@ def test_shift_for_next_token():
     assert shift_for_next_token(labels).tolist() == [[5, 6, 7, -100], [9, 10, 11, -100]]
     assert shift_for_next_token(labels, mask).tolist() == [[5, 6, 7, -100],
                                                            [9, 10, -100, -100]]
+
+
+@pytest.mark.parametrize("form", ["logits", "head"])
+def test_teacher_with_another_vocab_size_is_refused(case, form):
+    wt = torch.randn(V + 3, HT)
+    teacher = {"logits": case["ht"] @ wt.T, "head": LMHeadInput(case["ht"], wt)}[form]
+    with pytest.raises(ModelError) as err:
+        token_losses(LMHeadInput(case["h"], case["w"]), teacher, case["labels"], ForwardKL())
+    assert f"teacher logits have {V + 3} vocabulary entries, the student's {V}" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -119,6 +119,39 @@ def test_swapped_arguments(logits):
     torch.testing.assert_close(TotalVariation()(zs, zt), TotalVariation()(zt, zs))
 
 
+def plain(name: str, zs: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
+    """Each divergence written out in plain float64 torch, out of place."""
+    lp, lq = torch.log_softmax(zt.double(), -1), torch.log_softmax(zs.double(), -1)
+    p, q = lp.exp(), lq.exp()
+
+    def kl_(a, la, lb):
+        return (a * (la - lb)).sum(-1)
+
+    def log_m(w):  # log(w p + (1 - w) q)
+        return (w * p + (1 - w) * q).log()
+
+    return {
+        "fkl": lambda: kl_(p, lp, lq), "rkl": lambda: kl_(q, lq, lp),
+        "jsd.5": lambda: 0.5 * kl_(p, lp, log_m(0.5)) + 0.5 * kl_(q, lq, log_m(0.5)),
+        "jsd.2": lambda: 0.2 * kl_(p, lp, log_m(0.2)) + 0.8 * kl_(q, lq, log_m(0.2)),
+        "tvd": lambda: 0.5 * (p - q).abs().sum(-1),
+        "skl": lambda: kl_(p, lp, log_m(0.1)), "srkl": lambda: kl_(q, lq, log_m(0.9)),
+    }[name]()
+
+
+@pytest.mark.parametrize("div, name", list(zip(ALL, IDS, strict=True)), ids=IDS)
+def test_values_and_gradients_match_plain_formulas(div, name, logits):
+    zs, zt = logits
+    a = zs.double().requires_grad_(True)
+    b = zs.clone().requires_grad_(True)
+    want = plain(name, a, zt)
+    got = div(b, zt)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
+    want.sum().backward()
+    got.sum().backward()
+    torch.testing.assert_close(b.grad.double(), a.grad, rtol=1e-3, atol=1e-6)
+
+
 @pytest.mark.parametrize("div", ALL, ids=IDS)
 def test_gradient_size_does_not_change_with_temperature(div, logits):
     # scale(T) is T**2 (T for TVD): the gradient of scale(T) * D no longer shrinks with T

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from distillkit.causal.divergences import TokenDivergence
-from distillkit.causal.topk import TopKTargets
+from distillkit.causal.topk import TopKTargets, check_vocab, student_buckets, teacher_log_probs
 from distillkit.errors import ConfigError
 
 #: Tokens per chunk by default (see docs/causal-lm-losses.md for the measured trade-off).
@@ -119,6 +119,63 @@ class _Plan:
     from_hidden: bool
 
 
+def _log_softmax_backward_(grad: torch.Tensor, log_probs: torch.Tensor,
+                           temperature: float) -> torch.Tensor:
+    """The gradient w.r.t. logits ``z`` from the gradient w.r.t. ``log_softmax(z / T)``:
+    ``(g - softmax * sum(g)) / T``, computed in ``grad``'s own memory."""
+    grad = grad.contiguous()
+    grad.sub_(log_probs.exp().mul_(grad.sum(dim=-1, keepdim=True)))
+    return grad if temperature == 1.0 else grad.div_(temperature)
+
+
+def _chunk(plan: _Plan, h: torch.Tensor, weight: torch.Tensor | None,
+           bias: torch.Tensor | None, rows: torch.Tensor,
+           track: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """One chunk: the summed divergence and cross-entropy of its tokens and, when ``track``,
+    the gradient of ``kd_weight * kd + ce_weight * ce`` w.r.t. its float32 logits.
+
+    ``h`` is the chunk's hidden states (``weight`` set) or its logits. The log-softmaxes are the
+    autograd leaves (their backward is applied by hand), so the logits are freed as soon as the
+    log-softmaxes exist, and the teacher's chunk turns into its log-probabilities in its own
+    memory.
+    """
+    t = plan.temperature
+    kd = ce = h.new_zeros((), dtype=torch.float32)
+    with torch.no_grad():
+        z = (F.linear(h, weight, bias) if weight is not None else h).float()  # h: our copy
+        # at T = 1 the KD term's log-softmax is the cross-entropy's too
+        own_ce = plan.ce_weight and (t != 1.0 or not plan.kd_weight)
+        log_q1 = F.log_softmax(z, dim=-1) if own_ce else None
+        log_q = F.log_softmax(z if t == 1.0 else z.div_(t), dim=-1) if plan.kd_weight else None
+        del z
+    leaves = [leaf.requires_grad_(track) for leaf in (log_q, log_q1) if leaf is not None]
+    with torch.enable_grad() if track else torch.no_grad():
+        total = kd
+        if plan.kd_weight:
+            target = plan.teacher.rows(rows, log_q.device)
+            log_p = teacher_log_probs(target, t, in_place=True)
+            student = (student_buckets(log_q, target) if isinstance(target, TopKTargets)
+                       else log_q)
+            del target
+            kd = plan.divergence.divergence(log_p, student).sum()
+            del log_p, student
+            total = total + plan.kd_weight * kd
+        if plan.ce_weight:
+            ce = F.nll_loss(log_q if log_q1 is None else log_q1, plan.labels[rows],
+                            reduction="sum")
+            total = total + plan.ce_weight * ce
+    if not track:
+        return None, kd, ce
+    grads = torch.autograd.grad(total, leaves)
+    del total
+    dz = None
+    for grad, leaf, temp in zip(grads, leaves, (t if log_q is not None else 1.0, 1.0),
+                                strict=False):
+        part = _log_softmax_backward_(grad, leaf, temp)
+        dz = part if dz is None else dz.add_(part)
+    return dz, kd.detach(), ce.detach()
+
+
 class _ChunkedLoss(torch.autograd.Function):
     """Chunked forward that stores the inputs' gradients; the backward only scales them."""
 
@@ -136,22 +193,11 @@ class _ChunkedLoss(torch.autograd.Function):
             rows = plan.rows[start:start + plan.chunk_tokens]
             with torch.no_grad():
                 h = x[rows]
-                z = (F.linear(h, weight, bias) if plan.from_hidden else h).float()
-            z.requires_grad_(track)
-            with torch.enable_grad() if track else torch.no_grad():
-                total = z.new_zeros(())
-                if plan.kd_weight:
-                    kd = plan.divergence(z, plan.teacher.rows(rows, z.device),
-                                         plan.temperature).sum()
-                    kd_sum += kd.detach()
-                    total = total + plan.kd_weight * kd
-                if plan.ce_weight:
-                    ce = F.cross_entropy(z, plan.labels[rows], reduction="sum")
-                    ce_sum += ce.detach()
-                    total = total + plan.ce_weight * ce
-            if not track:
+            dz, kd, ce = _chunk(plan, h, weight, bias, rows, track)
+            kd_sum += kd
+            ce_sum += ce
+            if dz is None:
                 continue
-            (dz,) = torch.autograd.grad(total, z)
             with torch.autocast(x.device.type, enabled=False):
                 if not plan.from_hidden:
                     gx.index_copy_(0, rows, dz.to(gx.dtype))
@@ -231,6 +277,10 @@ def token_losses(
     else:
         x, weight, bias = student.reshape(tokens, student.shape[-1]), None, None
     rows = rows.to(x.device)
+    if kd_weight and not isinstance(teacher, TopKTargets):
+        check_vocab(x.shape[-1] if weight is None else weight.shape[0],
+                    teacher.weight.shape[0] if isinstance(teacher, LMHeadInput)
+                    else teacher.shape[-1])
     plan = _Plan(rows=rows, labels=labels.reshape(-1).to(x.device),
                  teacher=None if not kd_weight else _Teacher(teacher, tokens),
                  divergence=divergence, temperature=float(temperature),

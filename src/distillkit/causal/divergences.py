@@ -12,10 +12,12 @@ float32 log-probabilities (:func:`~distillkit.causal.topk.log_distributions`), a
 unreduced, so the caller masks and averages. :meth:`TokenDivergence.scale` is the factor the
 KD term carries for a temperature (see below).
 
-Every formula is computed in log space. Log-probabilities are floored at :data:`LOG_FLOOR`
-(``exp(LOG_FLOOR)`` is exactly 0 in float32), so a zero-probability entry (the empty "rest"
-bucket of top-k targets with ``k = V``) contributes ``0 * finite = 0`` instead of ``NaN``, and
-mixtures ``log(a p + b q)`` use ``logsumexp``.
+Every formula is computed in log space, mixtures ``log(a p + b q)`` by ``logsumexp``. The
+log-probabilities must be finite: :func:`~distillkit.causal.topk.log_distributions` floors
+the teacher's (and the top-k buckets) at :data:`~distillkit.causal.topk.LOG_FLOOR`
+(``exp(LOG_FLOOR)`` is exactly 0 in float32), so a zero-probability entry (a ``-inf`` teacher
+logit, the empty "rest" bucket of top-k targets with ``k = V``) contributes ``0 * finite = 0``
+instead of ``NaN``; the student's come from finite logits (an LM head).
 
 Temperature factor (:meth:`TokenDivergence.scale`): Hinton et al. (2015) multiply the softened
 KL by ``T**2`` because its gradient falls as ``1 / T**2``. The same holds for every smooth
@@ -37,21 +39,15 @@ from torch import nn
 from distillkit.causal.topk import TopKTargets, log_distributions
 from distillkit.errors import ConfigError
 
-#: Floor of every log-probability: below float32's smallest exponent, far above its range.
-LOG_FLOOR = -1.0e4
-
-
-def _floor(log_x: torch.Tensor) -> torch.Tensor:
-    return log_x.float().clamp_min(LOG_FLOOR)
-
 
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """``KL(a || b) = sum_i a_i (log a_i - log b_i)`` over the last dim (floored inputs)."""
-    return (log_a.exp() * (log_a - log_b)).sum(dim=-1)
+    """``KL(a || b) = sum_i a_i (log a_i - log b_i)`` over the last dim (finite inputs; the
+    product is taken in place, one vocabulary-size temporary fewer)."""
+    return (log_a - log_b).mul_(log_a.exp()).sum(dim=-1)
 
 
 def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight: float) -> torch.Tensor:
-    """``log(weight * a + (1 - weight) * b)`` by ``logsumexp`` (floored inputs)."""
+    """``log(weight * a + (1 - weight) * b)`` by ``logsumexp`` (finite inputs)."""
     if weight >= 1.0:
         return log_a
     if weight <= 0.0:
@@ -75,8 +71,8 @@ class TokenDivergence(nn.Module, metaclass=abc.ABCMeta):
 
         Args:
             log_p: ``[..., S]`` teacher log-probabilities over a support of ``S`` entries
-                (the vocabulary, or the ``k + 1`` buckets of top-k targets).
-            log_q: ``[..., S]`` student log-probabilities over the same support.
+                (the vocabulary, or the ``k + 1`` buckets of top-k targets), finite.
+            log_q: ``[..., S]`` student log-probabilities over the same support, finite.
 
         Returns:
             ``[...]`` float32 values, one per token.
@@ -102,13 +98,23 @@ class TokenDivergence(nn.Module, metaclass=abc.ABCMeta):
         return self.divergence(log_p, log_q)
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_v a_v b_v`` over the last dim as a batched matrix product (no product tensor)."""
+    return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+
+
 class ForwardKL(TokenDivergence):
     """Forward KL ``KL(p || q) = sum_v p_v log(p_v / q_v)``: mass-covering (the student must put
     probability wherever the teacher does). Hinton, Vinyals & Dean (2015), "Distilling the
-    Knowledge in a Neural Network"; the usual token-level KD of a causal LM."""
+    Knowledge in a Neural Network"; the usual token-level KD of a causal LM.
+
+    Computed as ``p . log p - p . log q`` (two dot products): no vocabulary-size temporary
+    besides ``p``, and the backward allocates one.
+    """
 
     def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        return _kl(_floor(log_p), _floor(log_q))
+        p = log_p.exp()
+        return _dot(p, log_p) - _dot(p, log_q)
 
 
 class ReverseKL(TokenDivergence):
@@ -117,7 +123,7 @@ class ReverseKL(TokenDivergence):
     Distillation of Large Language Models" (ICLR 2024), token level."""
 
     def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        return _kl(_floor(log_q), _floor(log_p))
+        return _kl(log_q, log_p)
 
 
 class GeneralizedJSD(TokenDivergence):
@@ -148,7 +154,6 @@ class GeneralizedJSD(TokenDivergence):
         self.beta = _unit_interval("beta", beta, 0.5)
 
     def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        log_p, log_q = _floor(log_p), _floor(log_q)
         if self.beta == 0.0:
             return _kl(log_p, log_q)
         if self.beta == 1.0:
@@ -166,7 +171,7 @@ class TotalVariation(TokenDivergence):
     """
 
     def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (_floor(log_p).exp() - _floor(log_q).exp()).abs().sum(dim=-1)
+        return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)
 
     def scale(self, temperature: float) -> float:
         """``T``: total variation's gradient falls as ``1 / T``, not ``1 / T**2``."""
@@ -193,7 +198,6 @@ class SkewKL(TokenDivergence):
         self.skew = _unit_interval("skew", skew, 0.1)
 
     def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        log_p, log_q = _floor(log_p), _floor(log_q)
         return _kl(log_p, _log_mix(log_p, log_q, self.skew))
 
 
@@ -215,5 +219,4 @@ class SkewReverseKL(TokenDivergence):
         self.skew = _unit_interval("skew", skew, 0.1)
 
     def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        log_p, log_q = _floor(log_p), _floor(log_q)
         return _kl(log_q, _log_mix(log_p, log_q, 1.0 - self.skew))

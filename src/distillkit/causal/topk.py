@@ -36,6 +36,10 @@ import torch.nn.functional as F
 
 from distillkit.errors import ConfigError, ModelError
 
+#: Floor of the teacher's log-probabilities (and the top-k buckets): ``exp`` of it is exactly 0
+#: in float32, yet differences with real log-probabilities stay finite.
+LOG_FLOOR = -1.0e4
+
 
 @dataclass
 class TopKTargets:
@@ -101,12 +105,74 @@ def topk_targets(teacher_logits: torch.Tensor, k: int) -> TopKTargets:
     return TopKTargets(values, indices, rest)
 
 
+def teacher_log_probs(teacher: torch.Tensor | TopKTargets, temperature: float = 1.0,
+                      in_place: bool = False) -> torch.Tensor:
+    """The teacher's tempered log-probabilities: a detached, floored float32 target.
+
+    Args:
+        teacher: ``[..., V]`` dense logits (or log-probabilities), or top-k targets.
+        temperature: ``T`` > 0.
+        in_place: reuse a dense float32 ``teacher``'s own memory (the caller owns it and
+            gives it up: one vocabulary-size tensor instead of three).
+
+    Returns:
+        ``[..., V]`` (dense) or ``[..., k + 1]`` (top-k buckets), floored at
+        :data:`LOG_FLOOR`.
+    """
+    t = float(temperature)
+    if isinstance(teacher, TopKTargets):
+        logits = torch.cat([teacher.log_probs.detach().float(),
+                            teacher.rest_log_prob.detach().float().unsqueeze(-1)], dim=-1)
+    else:
+        logits = teacher.detach().float()
+        if not in_place:
+            return F.log_softmax(logits if t == 1.0 else logits / t, dim=-1).clamp_min_(LOG_FLOOR)
+    if t != 1.0:
+        logits.div_(t)
+    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True)).clamp_min_(LOG_FLOOR)
+
+
+def student_buckets(log_q: torch.Tensor, teacher: TopKTargets) -> torch.Tensor:
+    """The student's log-probabilities over the ``k + 1`` buckets of ``teacher``.
+
+    Args:
+        log_q: ``[..., V]`` the student's (tempered) log-probabilities.
+        teacher: top-k targets with leading dims ``[...]``.
+
+    Returns:
+        ``[..., k + 1]``: ``log_q`` at the ``k`` teacher indices, then the log of the student's
+        mass on every other token (:data:`LOG_FLOOR` when ``k = V``).
+    """
+    named = log_q.gather(-1, teacher.indices)
+    if teacher.k >= log_q.shape[-1]:
+        rest = torch.full_like(named[..., 0], LOG_FLOOR)
+    else:
+        rest = torch.logsumexp(log_q.scatter(-1, teacher.indices, float("-inf")), dim=-1)
+    return torch.cat([named, rest.unsqueeze(-1)], dim=-1)
+
+
+def check_vocab(student_vocab: int, teacher_vocab: int) -> None:
+    """Refuses a dense teacher whose vocabulary size is not the student's.
+
+    Raises:
+        ModelError: naming both sizes.
+    """
+    if teacher_vocab != student_vocab:
+        raise ModelError(f"teacher logits have {teacher_vocab} vocabulary entries, the "
+                         f"student's {student_vocab}; align both to the shared size "
+                         "(distillkit.causal.vocab.align_vocab)")
+
+
 def log_distributions(student_logits: torch.Tensor, teacher: torch.Tensor | TopKTargets,
                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's and the student's tempered log-probabilities over a common support.
 
+    The teacher is a target: it is detached (no gradient reaches it), and its log-probabilities
+    are floored at :data:`LOG_FLOOR`, so a ``-inf`` teacher logit or an empty rest bucket gives
+    a finite log-probability whose ``exp`` is 0.
+
     Args:
-        student_logits: ``[..., V]`` student logits.
+        student_logits: ``[..., V]`` finite student logits.
         teacher: ``[..., V]`` dense teacher logits (or log-probabilities: the same after the
             softmax), or :class:`TopKTargets` with leading dims ``[...]``.
         temperature: ``T`` > 0, dividing both sides' logits.
@@ -120,19 +186,11 @@ def log_distributions(student_logits: torch.Tensor, teacher: torch.Tensor | TopK
         ModelError: when dense teacher logits have another vocabulary size than the student's.
     """
     t = float(temperature)
-    log_q = F.log_softmax(student_logits.float() / t, dim=-1)
     if not isinstance(teacher, TopKTargets):
-        if teacher.shape[-1] != log_q.shape[-1]:
-            raise ModelError(f"teacher logits have {teacher.shape[-1]} vocabulary entries, the "
-                             f"student's {log_q.shape[-1]}; align both to the shared size "
-                             "(distillkit.causal.vocab.align_vocab)")
-        return F.log_softmax(teacher.float() / t, dim=-1), log_q
-    teacher_buckets = torch.cat([teacher.log_probs.float(),
-                                 teacher.rest_log_prob.float().unsqueeze(-1)], dim=-1)
-    log_p = F.log_softmax(teacher_buckets / t, dim=-1)
-    named = log_q.gather(-1, teacher.indices)
-    if teacher.k >= log_q.shape[-1]:
-        rest = torch.full_like(named[..., 0], float("-inf"))
-    else:
-        rest = torch.logsumexp(log_q.scatter(-1, teacher.indices, float("-inf")), dim=-1)
-    return log_p, torch.cat([named, rest.unsqueeze(-1)], dim=-1)
+        check_vocab(student_logits.shape[-1], teacher.shape[-1])
+    logits = student_logits.float()
+    log_q = F.log_softmax(logits if t == 1.0 else logits / t, dim=-1)
+    log_p = teacher_log_probs(teacher, t)
+    if isinstance(teacher, TopKTargets):
+        log_q = student_buckets(log_q, teacher)
+    return log_p, log_q
