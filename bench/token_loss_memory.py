@@ -6,9 +6,14 @@ head ``[49152, 576]``, the teacher's hidden states and head, every token counted
 at ``T = 2`` (``T**2`` factor), ``alpha = 1`` (KD alone; ``--alpha`` adds the cross-entropy).
 
 * naive: the whole batch's student and teacher logits in float32, both ``log_softmax``, the
-  elementwise KL, its mean, backward through it (what a plain PyTorch KD loss does);
+  elementwise KL (``F.kl_div``), its mean, backward through it (what a plain PyTorch KD loss
+  does);
 * chunked: :func:`distillkit.causal.chunked.token_losses` with the hidden states and heads,
   ``--chunks`` tokens per chunk (the default chunk size is the loss's default).
+
+``--divergences rkl,jsd,tvd,skl,srkl`` adds, for each, its naive form (the same full logits and
+the divergence's plain out-of-place formula; ``jsd`` with beta 0.5, ``skl``/``srkl`` with skew
+0.1) and its chunked form at the default chunk size.
 
 Each case runs in a fresh subprocess, so its peak is its own: one untimed warm-up step, then
 ``--steps`` timed steps inside ``_common.PeakMemory`` (peak RSS from the kernel's ``VmHWM``,
@@ -19,7 +24,7 @@ the measured steps: the inputs and weights are allocated before, the head's weig
 
 Usage::
 
-    python bench/token_loss_memory.py --markdown            # seq 1024, batch 1, CPU
+    OMP_NUM_THREADS=1 python bench/token_loss_memory.py --markdown --divergences rkl,jsd,tvd,skl,srkl
     python bench/token_loss_memory.py --device cuda --markdown
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -71,18 +77,36 @@ def _inputs(args: argparse.Namespace, device: torch.device) -> dict[str, torch.T
     }
 
 
+def _plain(divergence: str, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """The divergence per token as one writes it in plain PyTorch (out of place)."""
+    p, q = log_p.exp(), log_q.exp()
+
+    def kl(a, log_a, log_b):
+        return (a * (log_a - log_b)).sum(-1)
+
+    if divergence == "rkl":
+        return kl(q, log_q, log_p)
+    if divergence == "tvd":
+        return 0.5 * (p - q).abs().sum(-1)
+    weight = {"jsd": 0.5, "skl": 0.1, "srkl": 0.9}[divergence]
+    log_m = torch.logaddexp(log_p + math.log(weight), log_q + math.log1p(-weight))
+    if divergence == "jsd":
+        return 0.5 * kl(p, log_p, log_m) + 0.5 * kl(q, log_q, log_m)
+    return kl(p, log_p, log_m) if divergence == "skl" else kl(q, log_q, log_m)
+
+
 def _naive(x: dict[str, torch.Tensor], t: float, alpha: float, divergence: str) -> torch.Tensor:
-    """Full-batch logits: ``F.kl_div`` for forward KL, else the divergence module unchunked."""
+    """Full-batch float32 logits, both log-softmaxes, then ``F.kl_div`` (forward KL) or the
+    divergence's plain formula."""
     z = F.linear(x["h"], x["w"]).float()
     with torch.no_grad():
         zt = F.linear(x["ht"], x["wt"]).float()
-    div = DIVERGENCES[divergence]()
+    log_q, log_p = F.log_softmax(z / t, dim=-1), F.log_softmax(zt / t, dim=-1)
     if divergence == "fkl":
-        kd = F.kl_div(F.log_softmax(z / t, dim=-1), F.log_softmax(zt / t, dim=-1),
-                      log_target=True, reduction="none").sum(-1).mean()
+        kd = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).mean()
     else:
-        kd = div(z, zt, t).mean()
-    total = alpha * div.scale(t) * kd
+        kd = _plain(divergence, log_p, log_q).mean()
+    total = alpha * DIVERGENCES[divergence]().scale(t) * kd
     if alpha < 1:
         total = total + (1 - alpha) * F.cross_entropy(z.flatten(0, 1), x["labels"].flatten())
     return total
@@ -143,7 +167,7 @@ def _growth(result: dict[str, Any], kind: str) -> float | None:
 def _label(r: dict[str, Any]) -> str:
     if r["case"] == "chunked":
         return f"{r['divergence']} chunked"
-    return "fkl naive (F.kl_div)" if r["divergence"] == "fkl" else f"{r['divergence']} unchunked"
+    return "fkl naive (F.kl_div)" if r["divergence"] == "fkl" else f"{r['divergence']} naive"
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]], markdown: bool) -> str:
@@ -200,7 +224,7 @@ def main() -> None:
                         help="comma-separated tokens per chunk of the forward-KL cases")
     parser.add_argument("--divergences", default="",
                         help="comma-separated other divergences (rkl,jsd,tvd,skl,srkl), each "
-                             "unchunked and at the default chunk size")
+                             "naive and at the default chunk size")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per case")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=1.0)

@@ -16,6 +16,7 @@ from distillkit.causal.divergences import (
     GeneralizedJSD,
     ReverseKL,
     SkewKL,
+    SkewReverseKL,
     TotalVariation,
 )
 from distillkit.causal.token_loss import shift_for_next_token
@@ -75,7 +76,8 @@ def test_chunked_equals_unchunked(case, chunk, teacher_form, t):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("div", [ReverseKL(), GeneralizedJSD(0.3), TotalVariation(), SkewKL()])
+@pytest.mark.parametrize("div", [ForwardKL(), ReverseKL(), GeneralizedJSD(0.3), TotalVariation(),
+                                 SkewKL(), SkewReverseKL()])
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 def test_chunked_equals_unchunked_from_logits(case, div, chunk):
     zt, counted = case["ht"] @ case["wt"].T, counted_of(case)

@@ -136,10 +136,18 @@ def plain(name: str, zs: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
         "jsd.2": lambda: 0.2 * kl_(p, lp, log_m(0.2)) + 0.8 * kl_(q, lq, log_m(0.2)),
         "tvd": lambda: 0.5 * (p - q).abs().sum(-1),
         "skl": lambda: kl_(p, lp, log_m(0.1)), "srkl": lambda: kl_(q, lq, log_m(0.9)),
+        "zero": lambda: (q * 0).sum(-1),
     }[name]()
 
 
-@pytest.mark.parametrize("div, name", list(zip(ALL, IDS, strict=True)), ids=IDS)
+# the end points of the parameters, against the plain formula each should equal
+EDGES = [(GeneralizedJSD(0.0), "fkl"), (GeneralizedJSD(1.0), "rkl"), (SkewKL(0.0), "fkl"),
+         (SkewKL(1.0), "zero"), (SkewReverseKL(0.0), "rkl"), (SkewReverseKL(1.0), "zero")]
+EDGE_IDS = ["jsd0", "jsd1", "skl0", "skl1", "srkl0", "srkl1"]
+
+
+@pytest.mark.parametrize("div, name", list(zip(ALL, IDS, strict=True)) + EDGES,
+                         ids=IDS + EDGE_IDS)
 def test_values_and_gradients_match_plain_formulas(div, name, logits):
     zs, zt = logits
     a = zs.double().requires_grad_(True)
@@ -147,8 +155,9 @@ def test_values_and_gradients_match_plain_formulas(div, name, logits):
     want = plain(name, a, zt)
     got = div(b, zt)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
-    want.sum().backward()
-    got.sum().backward()
+    weights = torch.rand(want.shape, generator=torch.Generator().manual_seed(2)) + 0.5
+    (want * weights.double()).sum().backward()
+    (got * weights).sum().backward()
     torch.testing.assert_close(b.grad.double(), a.grad, rtol=1e-3, atol=1e-6)
 
 

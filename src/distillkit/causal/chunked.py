@@ -10,8 +10,11 @@ hidden states and head, dense logits or top-k targets), the divergence and the c
 and the gradient of the weighted total with respect to the chunk's logits, which it folds
 straight into the gradients of the hidden states, head weight and bias (a custom autograd
 ``Function``; the fused-linear approach of Liger Kernel's losses). Forward and backward
-therefore hold one chunk's vocabulary-size tensors at a time, the head runs once per chunk (no
-recomputation), and the backward only scales the stored gradients.
+therefore hold one chunk's vocabulary-size tensors at a time (about four ``[chunk, V]``
+float32 tensors at the peak for forward KL: the student's log-softmax, the teacher's
+log-probabilities, ``p`` and one gradient), the head runs once per chunk (no recomputation),
+and the backward only scales the stored gradients. Besides the chunk, the loss holds the
+float32 gradient of the head weight (``[V, H]``, what autograd would allocate anyway).
 
 Which tokens count: the caller passes labels already aligned with the positions
 (``labels[b, t]`` is the target of position ``t``; see
@@ -128,52 +131,64 @@ def _log_softmax_backward_(grad: torch.Tensor, log_probs: torch.Tensor,
     return grad if temperature == 1.0 else grad.div_(temperature)
 
 
+def _sparse_values_and_grad(divergence: TokenDivergence, log_p: torch.Tensor,
+                            log_q: torch.Tensor, target: TopKTargets
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values over the ``k + 1`` buckets and their gradient w.r.t. the full ``log_q`` (through
+    the bucket gather and the rest ``logsumexp``, by autograd)."""
+    with torch.enable_grad():
+        leaf = log_q.detach().requires_grad_(True)
+        buckets = student_buckets(leaf, target)
+        values, grad = divergence.values_and_grad(log_p, buckets.detach())
+        (full,) = torch.autograd.grad(buckets, leaf, grad_outputs=grad)
+    return values, full
+
+
 def _chunk(plan: _Plan, h: torch.Tensor, weight: torch.Tensor | None,
            bias: torch.Tensor | None, rows: torch.Tensor,
            track: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """One chunk: the summed divergence and cross-entropy of its tokens and, when ``track``,
     the gradient of ``kd_weight * kd + ce_weight * ce`` w.r.t. its float32 logits.
 
-    ``h`` is the chunk's hidden states (``weight`` set) or its logits. The log-softmaxes are the
-    autograd leaves (their backward is applied by hand), so the logits are freed as soon as the
-    log-softmaxes exist, and the teacher's chunk turns into its log-probabilities in its own
-    memory.
+    ``h`` is the chunk's hidden states (``weight`` set) or its logits (our own copy). No autograd
+    graph holds the chunk: the divergence's closed-form gradient
+    (:meth:`~distillkit.causal.divergences.TokenDivergence.values_and_grad`) and the
+    cross-entropy's (``softmax - onehot``) go through the log-softmax backward in place, the
+    logits are freed as soon as their log-softmaxes exist, and the teacher's chunk turns into
+    its log-probabilities in its own memory.
     """
     t = plan.temperature
     kd = ce = h.new_zeros((), dtype=torch.float32)
+    dz = None
     with torch.no_grad():
-        z = (F.linear(h, weight, bias) if weight is not None else h).float()  # h: our copy
+        z = (F.linear(h, weight, bias) if weight is not None else h).float()
         # at T = 1 the KD term's log-softmax is the cross-entropy's too
         own_ce = plan.ce_weight and (t != 1.0 or not plan.kd_weight)
         log_q1 = F.log_softmax(z, dim=-1) if own_ce else None
         log_q = F.log_softmax(z if t == 1.0 else z.div_(t), dim=-1) if plan.kd_weight else None
         del z
-    leaves = [leaf.requires_grad_(track) for leaf in (log_q, log_q1) if leaf is not None]
-    with torch.enable_grad() if track else torch.no_grad():
-        total = kd
         if plan.kd_weight:
             target = plan.teacher.rows(rows, log_q.device)
             log_p = teacher_log_probs(target, t, in_place=True)
-            student = (student_buckets(log_q, target) if isinstance(target, TopKTargets)
-                       else log_q)
-            del target
-            kd = plan.divergence.divergence(log_p, student).sum()
-            del log_p, student
-            total = total + plan.kd_weight * kd
+            if isinstance(target, TopKTargets):
+                values, grad = _sparse_values_and_grad(plan.divergence, log_p, log_q, target)
+            else:
+                del target
+                values, grad = plan.divergence.values_and_grad(log_p, log_q)
+            del log_p
+            kd = values.sum()
+            if track:
+                dz = _log_softmax_backward_(grad.mul_(plan.kd_weight), log_q, t)
+            del grad
         if plan.ce_weight:
-            ce = F.nll_loss(log_q if log_q1 is None else log_q1, plan.labels[rows],
-                            reduction="sum")
-            total = total + plan.ce_weight * ce
-    if not track:
-        return None, kd, ce
-    grads = torch.autograd.grad(total, leaves)
-    del total
-    dz = None
-    for grad, leaf, temp in zip(grads, leaves, (t if log_q is not None else 1.0, 1.0),
-                                strict=False):
-        part = _log_softmax_backward_(grad, leaf, temp)
-        dz = part if dz is None else dz.add_(part)
-    return dz, kd.detach(), ce.detach()
+            log_probs = log_q if log_q1 is None else log_q1
+            labels = plan.labels[rows].unsqueeze(-1)
+            ce = -log_probs.gather(-1, labels).sum()
+            if track:  # d CE / d z = softmax - onehot
+                grad = log_probs.exp().mul_(plan.ce_weight)
+                grad.scatter_add_(-1, labels, grad.new_full(labels.shape, -plan.ce_weight))
+                dz = grad if dz is None else dz.add_(grad)
+    return dz, kd, ce
 
 
 class _ChunkedLoss(torch.autograd.Function):

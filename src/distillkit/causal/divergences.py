@@ -12,6 +12,25 @@ float32 log-probabilities (:func:`~distillkit.causal.topk.log_distributions`), a
 unreduced, so the caller masks and averages. :meth:`TokenDivergence.scale` is the factor the
 KD term carries for a temperature (see below).
 
+Each divergence is written once, as :meth:`TokenDivergence.values_and_grad`: the per-token
+values and their gradient with respect to the student's log-probabilities in closed form,
+computed with in-place operations (at most about four vocabulary-size tensors at once). The
+chunked loss (:mod:`distillkit.causal.chunked`) calls it directly, without autograd;
+:meth:`TokenDivergence.divergence` wraps it in an autograd function for every other use. The
+closed forms, with ``m`` the mixture of each divergence and ``d/dlog q`` the gradient w.r.t.
+the student's log-probabilities (the log-softmax backward follows):
+
+==================  =============================================  ==========================
+divergence          value per token                                ``d/dlog q_v``
+==================  =============================================  ==========================
+forward KL          ``sum p (log p - log q)``                      ``-p``
+reverse KL          ``sum q (log q - log p)``                      ``q (log q - log p + 1)``
+generalised JSD     ``b KL(p||m) + (1-b) KL(q||m)``, ``m=bp+(1-b)q``  ``(1-b) q (log q - log m)``
+total variation     ``0.5 sum |p - q|``                            ``0.5 q sign(q - p)``
+skew KL             ``KL(p||m)``, ``m = a p + (1 - a) q``          ``-(1 - a) p q / m``
+skew reverse KL     ``KL(q||m)``, ``m = (1 - a) p + a q``          ``q (log q - log m + 1 - a q / m)``
+==================  =============================================  ==========================
+
 Every formula is computed in log space, mixtures ``log(a p + b q)`` by ``logsumexp``. The
 log-probabilities must be finite: :func:`~distillkit.causal.topk.log_distributions` floors
 the teacher's (and the top-k buckets) at :data:`~distillkit.causal.topk.LOG_FLOOR`
@@ -32,6 +51,7 @@ variation is not smooth at ``p = q``: its value and gradient fall as ``1 / T``, 
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 from torch import nn
@@ -40,20 +60,31 @@ from distillkit.causal.topk import TopKTargets, log_distributions
 from distillkit.errors import ConfigError
 
 
-def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """``KL(a || b) = sum_i a_i (log a_i - log b_i)`` over the last dim (finite inputs; the
-    product is taken in place, one vocabulary-size temporary fewer)."""
-    return (log_a - log_b).mul_(log_a.exp()).sum(dim=-1)
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_v a_v b_v`` over the last dim as a batched matrix product (no product tensor)."""
+    return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
 
 
 def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight: float) -> torch.Tensor:
-    """``log(weight * a + (1 - weight) * b)`` by ``logsumexp`` (finite inputs)."""
-    if weight >= 1.0:
-        return log_a
-    if weight <= 0.0:
-        return log_b
-    w = torch.tensor([weight, 1.0 - weight], dtype=log_a.dtype, device=log_a.device).log()
-    return torch.logaddexp(log_a + w[0], log_b + w[1])
+    """A new tensor ``log(weight * a + (1 - weight) * b)``, ``0 < weight < 1``, by
+    ``logaddexp`` (one temporary)."""
+    out = log_b + math.log1p(-weight)
+    return torch.logaddexp(out, log_a + math.log(weight), out=out)
+
+
+def _forward_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    p = log_p.exp()
+    return _dot(p, log_p) - _dot(p, log_q), p.neg_()
+
+
+def _reverse_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    q = log_q.exp()
+    d = log_q - log_p
+    return _dot(q, d), d.add_(1.0).mul_(q)
+
+
+def _zero(log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return log_q.new_zeros(log_q.shape[:-1]), torch.zeros_like(log_q)
 
 
 def _unit_interval(name: str, value: float, example: float) -> float:
@@ -62,21 +93,52 @@ def _unit_interval(name: str, value: float, example: float) -> float:
     return float(value)
 
 
+class _Divergence(torch.autograd.Function):
+    """Autograd around :meth:`TokenDivergence.values_and_grad` (no gradient to the teacher)."""
+
+    @staticmethod
+    def forward(ctx, div: TokenDivergence, log_p: torch.Tensor, log_q: torch.Tensor):
+        values, grad = div.values_and_grad(log_p.detach().float(), log_q.detach().float())
+        ctx.save_for_backward(grad)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        (grad,) = ctx.saved_tensors
+        return None, None, grad * grad_values.unsqueeze(-1)
+
+
 class TokenDivergence(nn.Module, metaclass=abc.ABCMeta):
     """Base of the token-level divergences: ``divergence(student_logits, teacher, T)``."""
 
     @abc.abstractmethod
-    def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        """The divergence per token.
+    def values_and_grad(self, log_p: torch.Tensor,
+                        log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The divergence per token and its gradient w.r.t. ``log_q``, in closed form.
+
+        Runs without autograd and leaves its inputs untouched.
 
         Args:
-            log_p: ``[..., S]`` teacher log-probabilities over a support of ``S`` entries
-                (the vocabulary, or the ``k + 1`` buckets of top-k targets), finite.
+            log_p: ``[..., S]`` float32 teacher log-probabilities over a support of ``S``
+                entries (the vocabulary, or the ``k + 1`` buckets of top-k targets), finite.
+            log_q: ``[..., S]`` float32 student log-probabilities over the same support, finite.
+
+        Returns:
+            ``([...] values, [..., S] d(sum of values)/d log_q)``, float32.
+        """
+
+    def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+        """The divergence per token, differentiable w.r.t. ``log_q`` (not ``log_p``: the
+        teacher is a target).
+
+        Args:
+            log_p: ``[..., S]`` teacher log-probabilities, finite.
             log_q: ``[..., S]`` student log-probabilities over the same support, finite.
 
         Returns:
             ``[...]`` float32 values, one per token.
         """
+        return _Divergence.apply(self, log_p, log_q)
 
     def scale(self, temperature: float) -> float:
         """The factor the KD term carries at ``temperature`` (``T**2``; see the module)."""
@@ -98,23 +160,15 @@ class TokenDivergence(nn.Module, metaclass=abc.ABCMeta):
         return self.divergence(log_p, log_q)
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sum_v a_v b_v`` over the last dim as a batched matrix product (no product tensor)."""
-    return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
-
-
 class ForwardKL(TokenDivergence):
     """Forward KL ``KL(p || q) = sum_v p_v log(p_v / q_v)``: mass-covering (the student must put
     probability wherever the teacher does). Hinton, Vinyals & Dean (2015), "Distilling the
-    Knowledge in a Neural Network"; the usual token-level KD of a causal LM.
+    Knowledge in a Neural Network"; the usual token-level KD of a causal LM."""
 
-    Computed as ``p . log p - p . log q`` (two dot products): no vocabulary-size temporary
-    besides ``p``, and the backward allocates one.
-    """
-
-    def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        p = log_p.exp()
-        return _dot(p, log_p) - _dot(p, log_q)
+    @torch.no_grad()
+    def values_and_grad(self, log_p: torch.Tensor,
+                        log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _forward_kl(log_p, log_q)
 
 
 class ReverseKL(TokenDivergence):
@@ -122,8 +176,10 @@ class ReverseKL(TokenDivergence):
     ignore teacher modes it cannot fit). Gu, Dong, Wei & Huang (2024), "MiniLLM: Knowledge
     Distillation of Large Language Models" (ICLR 2024), token level."""
 
-    def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        return _kl(log_q, log_p)
+    @torch.no_grad()
+    def values_and_grad(self, log_p: torch.Tensor,
+                        log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _reverse_kl(log_p, log_q)
 
 
 class GeneralizedJSD(TokenDivergence):
@@ -153,13 +209,21 @@ class GeneralizedJSD(TokenDivergence):
         super().__init__()
         self.beta = _unit_interval("beta", beta, 0.5)
 
-    def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        if self.beta == 0.0:
-            return _kl(log_p, log_q)
-        if self.beta == 1.0:
-            return _kl(log_q, log_p)
-        log_m = _log_mix(log_p, log_q, self.beta)
-        return self.beta * _kl(log_p, log_m) + (1.0 - self.beta) * _kl(log_q, log_m)
+    @torch.no_grad()
+    def values_and_grad(self, log_p: torch.Tensor,
+                        log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.beta
+        if b == 0.0:
+            return _forward_kl(log_p, log_q)
+        if b == 1.0:
+            return _reverse_kl(log_p, log_q)
+        log_m = _log_mix(log_p, log_q, b)
+        p = log_p.exp()
+        values = b * (_dot(p, log_p) - _dot(p, log_m))
+        del p
+        q = log_q.exp()
+        values += (1.0 - b) * (_dot(q, log_q) - _dot(q, log_m))
+        return values, log_m.neg_().add_(log_q).mul_(q).mul_(1.0 - b)
 
 
 class TotalVariation(TokenDivergence):
@@ -170,8 +234,13 @@ class TotalVariation(TokenDivergence):
     rather than ``T**2`` (see the module docstring).
     """
 
-    def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)
+    @torch.no_grad()
+    def values_and_grad(self, log_p: torch.Tensor,
+                        log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = log_q.exp()
+        diff = log_p.exp().neg_().add_(q)  # q - p
+        values = 0.5 * torch.linalg.vector_norm(diff, ord=1, dim=-1)
+        return values, diff.sign_().mul_(q).mul_(0.5)
 
     def scale(self, temperature: float) -> float:
         """``T``: total variation's gradient falls as ``1 / T``, not ``1 / T**2``."""
@@ -197,8 +266,20 @@ class SkewKL(TokenDivergence):
         super().__init__()
         self.skew = _unit_interval("skew", skew, 0.1)
 
-    def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        return _kl(log_p, _log_mix(log_p, log_q, self.skew))
+    @torch.no_grad()
+    def values_and_grad(self, log_p: torch.Tensor,
+                        log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.skew
+        if a == 0.0:
+            return _forward_kl(log_p, log_q)
+        if a == 1.0:
+            return _zero(log_q)
+        log_m = _log_mix(log_p, log_q, a)
+        p = log_p.exp()
+        values = _dot(p, log_p) - _dot(p, log_m)
+        del p
+        # -(1 - a) p q / m = -(1 - a) exp(log p + log q - log m)
+        return values, log_m.neg_().add_(log_p).add_(log_q).exp_().mul_(a - 1.0)
 
 
 class SkewReverseKL(TokenDivergence):
@@ -218,5 +299,16 @@ class SkewReverseKL(TokenDivergence):
         super().__init__()
         self.skew = _unit_interval("skew", skew, 0.1)
 
-    def divergence(self, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        return _kl(log_q, _log_mix(log_p, log_q, 1.0 - self.skew))
+    @torch.no_grad()
+    def values_and_grad(self, log_p: torch.Tensor,
+                        log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.skew
+        if a == 0.0:
+            return _reverse_kl(log_p, log_q)
+        if a == 1.0:
+            return _zero(log_q)
+        d = _log_mix(log_p, log_q, 1.0 - a).neg_().add_(log_q)  # log q - log m
+        q = log_q.exp()
+        values = _dot(q, d)
+        # q (d + 1) - a q^2 / m = q (d + 1 - a exp(d))
+        return values, d.exp().mul_(-a).add_(d).add_(1.0).mul_(q)
