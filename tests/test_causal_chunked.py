@@ -201,12 +201,16 @@ def test_alpha_zero_is_cross_entropy_alone(case):
 @pytest.mark.parametrize("t", [1.0, 3.0])
 def test_alpha_one_is_t_squared_kd(case, t):
     zs, zt, batch = outputs(case)
+    a, b = zs.clone().requires_grad_(True), zs.clone().requires_grad_(True)
     out = TokenDistillationLoss(ForwardKL(), temperature=t, alpha=1.0)(
-        {"logits": zs}, {"logits": zt}, batch)
-    expected = t * t * reference_kl(zs, zt, counted_of(case), t)
+        {"logits": a}, {"logits": zt}, batch)
+    expected = t * t * reference_kl(b, zt, counted_of(case), t)
     torch.testing.assert_close(out.total, expected)
-    torch.testing.assert_close(out.terms["kd"], expected)
+    torch.testing.assert_close(out.terms["kd"], expected.detach())
     assert set(out.terms) == {"kd"}
+    out.total.backward()
+    expected.backward()
+    torch.testing.assert_close(a.grad, b.grad)
 
 
 def test_total_variation_carries_t_and_alpha_mixes(case):
