@@ -189,13 +189,17 @@ def outputs(case):
 
 def test_alpha_zero_is_cross_entropy_alone(case):
     zs, _, batch = outputs(case)
+    a, b = zs.clone().requires_grad_(True), zs.clone().requires_grad_(True)
     loss = TokenDistillationLoss(ForwardKL(), temperature=4.0, alpha=0.0)
     assert not loss.needs_teacher
-    out = loss({"logits": zs}, None, batch)
+    out = loss({"logits": a}, None, batch)
     counted = counted_of(case)
-    expected = F.cross_entropy(zs[counted], case["labels"][counted])
+    expected = F.cross_entropy(b[counted], case["labels"][counted])
     torch.testing.assert_close(out.total, expected)
     assert set(out.terms) == {"hard"}
+    out.total.backward()
+    expected.backward()
+    torch.testing.assert_close(a.grad, b.grad)
 
 
 @pytest.mark.parametrize("t", [1.0, 3.0])

@@ -152,22 +152,25 @@ def _chunk(plan: _Plan, h: torch.Tensor, weight: torch.Tensor | None,
 
     ``h`` is the chunk's hidden states (``weight`` set) or its logits (our own copy). No autograd
     graph holds the chunk: the divergence's closed-form gradient
-    (:meth:`~distillkit.causal.divergences.TokenDivergence.values_and_grad`) and the
-    cross-entropy's (``softmax - onehot``) go through the log-softmax backward in place, the
-    logits are freed as soon as their log-softmaxes exist, and the teacher's chunk turns into
-    its log-probabilities in its own memory.
+    (:meth:`~distillkit.causal.divergences.TokenDivergence.values_and_grad`) goes through the
+    log-softmax backward in place, the cross-entropy's is ``softmax - onehot``; the logits turn
+    into the student's log-probabilities in their own memory (the cross-entropy keeps only its
+    per-token ``logsumexp``), and the teacher's chunk into its log-probabilities likewise.
     """
     t = plan.temperature
     kd = ce = h.new_zeros((), dtype=torch.float32)
-    dz = None
+    dz = log_q = None
     with torch.no_grad():
         z = (F.linear(h, weight, bias) if weight is not None else h).float()
-        # at T = 1 the KD term's log-softmax is the cross-entropy's too
-        own_ce = plan.ce_weight and (t != 1.0 or not plan.kd_weight)
-        log_q1 = F.log_softmax(z, dim=-1) if own_ce else None
-        log_q = F.log_softmax(z if t == 1.0 else z.div_(t), dim=-1) if plan.kd_weight else None
-        del z
+        if plan.ce_weight:  # CE = logsumexp(z) - z[label], at T = 1
+            labels = plan.labels[rows].unsqueeze(-1)
+            lse1 = torch.logsumexp(z, dim=-1, keepdim=True)
+            ce = (lse1 - z.gather(-1, labels)).sum()
         if plan.kd_weight:
+            if t != 1.0:
+                z.div_(t)
+            lse_t = torch.logsumexp(z, dim=-1, keepdim=True)
+            log_q = z.sub_(lse_t)  # the logits' memory now holds the student's log-probs
             target = plan.teacher.rows(rows, log_q.device)
             log_p = teacher_log_probs(target, t, in_place=True)
             if isinstance(target, TopKTargets):
@@ -180,14 +183,13 @@ def _chunk(plan: _Plan, h: torch.Tensor, weight: torch.Tensor | None,
             if track:
                 dz = _log_softmax_backward_(grad.mul_(plan.kd_weight), log_q, t)
             del grad
-        if plan.ce_weight:
-            log_probs = log_q if log_q1 is None else log_q1
-            labels = plan.labels[rows].unsqueeze(-1)
-            ce = -log_probs.gather(-1, labels).sum()
-            if track:  # d CE / d z = softmax - onehot
-                grad = log_probs.exp().mul_(plan.ce_weight)
-                grad.scatter_add_(-1, labels, grad.new_full(labels.shape, -plan.ce_weight))
-                dz = grad if dz is None else dz.add_(grad)
+        if plan.ce_weight and track:  # d CE / d z = softmax(z) - onehot
+            # softmax(z) from the log-probs at T: z = T * (log_q + lse_t)
+            soft = (z.sub_(lse1) if log_q is None
+                    else log_q.mul(t).add_(lse_t.mul(t).sub_(lse1))).exp_()
+            soft.mul_(plan.ce_weight)
+            soft.scatter_add_(-1, labels, soft.new_full(labels.shape, -plan.ce_weight))
+            dz = soft if dz is None else dz.add_(soft)
     return dz, kd, ce
 
 
