@@ -27,7 +27,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,14 +35,14 @@ import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from transformers import set_seed
 
 from distillkit.app.cli import config_dir
 from distillkit.app.schemas import register_schemas
+from distillkit.data.feature_rows import ROW, FeatureCollator
 from distillkit.engine import Distiller, EngineSettings
-from distillkit.losses import HardCrossEntropy
 from distillkit.run import build, engine_settings
 
 # The tiny test models and generated data (seconds on a CPU); the bench scripts' default.
@@ -212,6 +212,8 @@ class Setup:
             ``teacher_logits`` when the run would read the teacher's cached logits.
         build_seconds: wall time of ``build`` (teacher stage and teacher logits included).
         build_memory: peak memory of ``build``.
+        features: reads a batch's cached teacher features (its ``teacher_row``), when the
+            run reads them (layer-wise losses).
     """
 
     cfg: DictConfig
@@ -220,16 +222,32 @@ class Setup:
     batches: list[dict[str, torch.Tensor]]
     build_seconds: float
     build_memory: Memory
+    features: FeatureCollator | None = None
 
 
-def draw_batches(data: Any, settings: EngineSettings, count: int) -> list[dict]:
-    """``count`` batches from the run's training loader, re-iterated (reshuffled) as needed."""
+def draw_batches(data: Any, settings: EngineSettings, count: int
+                 ) -> tuple[list[dict], FeatureCollator | None]:
+    """``count`` batches from the run's training loader, re-iterated (reshuffled) as needed.
+
+    When the run reads cached teacher features, the batches keep their ``teacher_row`` and the
+    loader's :class:`FeatureCollator` is returned beside them: the features are read from the
+    cache when a case hands the batch to the trainer (:func:`with_features`), inside the timed
+    steps, as a run's loader reads them.
+    """
     loader = data.loader("distil", settings.batch_size, shuffle=True, seed=settings.seed,
                          by_length=settings.group_by_length)
+    features = loader.collate_fn if isinstance(loader.collate_fn, FeatureCollator) else None
+    if features is not None:
+        loader.collate_fn = features.collate  # the features are added per case, timed
     batches: list[dict] = []
     while len(batches) < count:
         batches += [dict(b) for _, b in zip(range(count - len(batches)), loader, strict=False)]
-    return batches
+    return batches, features
+
+
+def without_features(batches: Sequence[dict]) -> list[dict]:
+    """The batches without their cached-feature rows (cases that do not read the cache)."""
+    return [{k: v for k, v in b.items() if k != ROW} for b in batches]
 
 
 def prepare(overrides: Sequence[str], steps: int | None = None) -> Setup:
@@ -252,14 +270,14 @@ def prepare(overrides: Sequence[str], steps: int | None = None) -> Setup:
     with PeakMemory() as memory:
         built = build(cfg, settings)
     seconds = time.perf_counter() - start
-    batches = draw_batches(built["data"], settings,
-                           settings.max_steps * settings.grad_accum_steps)
-    return Setup(cfg, settings, built, batches, seconds, memory)
+    batches, features = draw_batches(built["data"], settings,
+                                     settings.max_steps * settings.grad_accum_steps)
+    return Setup(cfg, settings, built, batches, seconds, memory, features)
 
 
 def without_teacher_logits(batches: Sequence[dict]) -> list[dict]:
     """The same batches without precomputed teacher outputs (the live-teacher path)."""
-    return [{k: v for k, v in b.items() if k != "teacher_logits"} for b in batches]
+    return [{k: v for k, v in b.items() if k not in ("teacher_logits", ROW)} for b in batches]
 
 
 def loss_for(overrides: Sequence[str], setup: Setup) -> torch.nn.Module:
@@ -318,12 +336,14 @@ class TimedBatches(Sequence):
     """
 
     def __init__(self, batches: Sequence[dict], start: int, stop: int,
-                 device: torch.device) -> None:
+                 device: torch.device, materialise: Callable[[dict], dict] | None = None
+                 ) -> None:
         if not 0 <= start < stop < len(batches):
             raise ValueError(f"marks {start}..{stop} outside {len(batches)} batches")
         self._batches = list(batches)
         self._marks = {start: "start", stop: "stop"}
         self._cuda = device.type == "cuda"
+        self._materialise = materialise
         self.times: dict[str, float] = {}
 
     def __len__(self) -> int:
@@ -339,7 +359,7 @@ class TimedBatches(Sequence):
                 if self._cuda:
                     torch.cuda.synchronize()
                 self.times[mark] = time.perf_counter()
-            yield batch
+            yield batch if self._materialise is None else self._materialise(dict(batch))
 
     @property
     def seconds(self) -> float:
@@ -350,29 +370,32 @@ class TimedBatches(Sequence):
 
 
 def timed_batches(batches: Sequence[dict], warmup: int, steps: int, accum: int,
-                  device: torch.device) -> tuple[TimedBatches, int]:
+                  device: torch.device, materialise: Callable[[dict], dict] | None = None
+                  ) -> tuple[TimedBatches, int]:
     """Batches for ``warmup + steps + 1`` optimizer steps, timing steps ``warmup+1..warmup+steps``.
 
     The extra last step is run but not timed (a trainer's end-of-training work, such as
     TextBrewer's final checkpoint, stays out of the numbers). Returns the wrapped batches and
-    the non-padding token count of the timed steps.
+    the non-padding token count of the timed steps. ``materialise`` completes each batch as
+    it is handed out (cached teacher features read then, timed with the steps).
     """
     needed = (warmup + steps + 1) * accum
     if len(batches) < needed:
         raise ValueError(f"{len(batches)} batches for {needed} needed")
     start, stop = warmup * accum, (warmup + steps) * accum
     tokens = sum(int(b["attention_mask"].sum()) for b in batches[start:stop])
-    return TimedBatches(batches[:needed], start, stop, device), tokens
+    return TimedBatches(batches[:needed], start, stop, device, materialise), tokens
 
 
 def train_distillkit(setup: Setup, student: torch.nn.Module, teacher: torch.nn.Module | None,
                      loss: torch.nn.Module, batches: Sequence[dict], warmup: int,
-                     steps: int) -> Timing:
+                     steps: int, materialise: Callable[[dict], dict] | None = None) -> Timing:
     """Trains ``student`` with distillkit's engine on ``batches`` as a run does.
 
     The engine gets the run's optimizer, schedule and loop settings and a TensorBoard writer
     (into a temporary directory), ``teacher=None`` for the cached-logits path exactly like
-    ``distillkit.run.run``. Runs ``warmup + steps + 1`` optimizer steps and times ``steps``.
+    ``distillkit.run.run``. Runs ``warmup + steps + 1`` optimizer steps and times ``steps``;
+    ``materialise`` completes each batch when the engine takes it (see :func:`timed_batches`).
     """
     s = copy.copy(setup.settings)
     s.max_steps = warmup + steps + 1
@@ -380,7 +403,7 @@ def train_distillkit(setup: Setup, student: torch.nn.Module, teacher: torch.nn.M
     # shared fp32 teacher intact for the other cases
     teacher = copy.deepcopy(teacher) if teacher is not None else None
     wrapped, tokens = timed_batches(batches, warmup, steps, s.grad_accum_steps,
-                                    s.resolve_device())
+                                    s.resolve_device(), materialise)
     set_seed(s.seed)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="distillkit-bench-tb-") as tb, \
@@ -404,114 +427,6 @@ def textbrewer_version() -> str | None:
     except ImportError:
         return None
     return str(textbrewer.__version__)
-
-
-def textbrewer_matches(loss: Any, student_width: int, teacher_width: int) -> list[dict]:
-    """TextBrewer ``intermediate_matches`` equivalent to distillkit's resolved term plan.
-
-    ``hidden_mse`` gets a linear projection when the widths differ (as distillkit's does);
-    ``mmd`` compares each pair's gram matrix with itself (``layer_T: [t, t]``);
-    ``attention_mse`` is TextBrewer's masked ``attention_mse`` on the attention maps (its
-    adaptor's ``attention`` list holds layers 1..L at 0..L-1; equal head counts needed).
-    """
-    matches = []
-    for name, pair, weight in loss.intermediate.plan:
-        if name == "hidden_mse":
-            match = {"layer_T": pair.teacher, "layer_S": pair.student, "feature": "hidden",
-                     "loss": "hidden_mse", "weight": weight}
-            if student_width != teacher_width:
-                match["proj"] = ["linear", student_width, teacher_width]
-            matches.append(match)
-        elif name == "attention_mse":
-            matches.append({"layer_T": pair.teacher - 1, "layer_S": pair.student - 1,
-                            "feature": "attention", "loss": "attention_mse", "weight": weight})
-        elif name == "mmd":
-            matches.append({"layer_T": [pair.teacher] * 2, "layer_S": [pair.student] * 2,
-                            "feature": "hidden", "loss": "mmd", "weight": weight})
-        else:
-            raise SystemExit(f"no TextBrewer equivalent wired here for term {name}")
-    return matches
-
-
-def default_implementation(optimizer_cfg: Any) -> Any:
-    """The run's optimizer config with its implementation choice (``fused``, ``foreach``)
-    removed: the same optimizer and hyperparameters in the implementation torch picks by
-    default, i.e. what ``torch.optim.AdamW(params, lr=..., weight_decay=...)`` in a user's
-    script gives (on a CPU, the per-parameter loop)."""
-    cfg = OmegaConf.to_container(optimizer_cfg, resolve=True)
-    for key in ("fused", "foreach"):
-        cfg.pop(key, None)
-    return OmegaConf.create(cfg)
-
-
-def train_textbrewer(setup: Setup, student: torch.nn.Module, batches: Sequence[dict],
-                     warmup: int, steps: int, autocast: bool = False) -> Timing:
-    """Trains ``student`` with TextBrewer's ``GeneralDistiller`` on ``batches``.
-
-    Same teacher, matches (:func:`textbrewer_matches`), LR schedule, gradient clipping and
-    accumulation as the distillkit run of ``setup``; TextBrewer logs its losses to
-    TensorBoard every step (its own behaviour with a ``log_dir``). TextBrewer leaves the
-    optimizer and the precision to the user's script. As shipped (``autocast=False``) it
-    trains in fp32 with an fp32 teacher (it has no bf16 option; its mixed precision is apex
-    fp16, GPU only), and the optimizer is the run's (AdamW, same lr and weight decay) in
-    torch's default implementation (:func:`default_implementation`). With ``autocast`` it is
-    handed everything distillkit's run has that a TextBrewer script could set by hand: the
-    run's ``torch.autocast`` (teacher weights still fp32) and the run's optimizer exactly as
-    configured (``fused``). Its KD term has no T² factor, so ``kd_loss_weight = alpha * T²``.
-    Runs ``warmup + steps + 1`` optimizer steps and times ``steps``.
-    """
-    from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
-
-    s = setup.settings
-    loss, teacher = setup.built["loss"], setup.built["teacher"].model
-    device = s.resolve_device()
-    dtype = s.autocast_dtype(device) if autocast else None
-    teacher = copy.deepcopy(teacher)  # fp32, whatever another case did to the shared one
-    hard = HardCrossEntropy()
-    total = warmup + steps + 1
-    wrapped, tokens = timed_batches(
-        [{k: v for k, v in b.items() if k != "teacher_logits"} for b in batches],
-        warmup, steps, s.grad_accum_steps, device)
-
-    def adaptor(batch: dict, out: Any) -> dict:
-        outputs = {"logits": out.logits, "hidden": list(out.hidden_states),
-                   "inputs_mask": batch["attention_mask"],
-                   "losses": [hard(out.logits, batch["labels"])]}
-        if out.attentions is not None:
-            outputs["attention"] = list(out.attentions)
-        return outputs
-
-    t = loss.temperature
-    matches = textbrewer_matches(loss, int(student.config.hidden_size),
-                                 int(teacher.config.hidden_size))
-    distill_cfg = DistillationConfig(
-        temperature=t, kd_loss_type="ce", kd_loss_weight=loss.alpha * t * t,
-        hard_label_weight=1.0 - loss.alpha, intermediate_matches=matches)
-    set_seed(s.seed)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="distillkit-bench-tb-") as out_dir, \
-            PeakMemory() as memory:
-        student.to(device)
-        teacher.to(device).eval().requires_grad_(False)
-        train_cfg = TrainingConfig(device=str(device), output_dir=out_dir, log_dir=out_dir,
-                                   ckpt_steps=10**9,
-                                   gradient_accumulation_steps=s.grad_accum_steps)
-        distiller = GeneralDistiller(train_cfg, distill_cfg, teacher, student, adaptor, adaptor)
-        optimizer_cfg = setup.cfg.trainer.optimizer
-        if not autocast:
-            optimizer_cfg = default_implementation(optimizer_cfg)
-        optimizer = instantiate(optimizer_cfg)(student.parameters())
-        sched = instantiate(setup.cfg.trainer.scheduler)
-        autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
-                    else contextlib.nullcontext())
-        with distiller, autocast:
-            distiller.train(optimizer, wrapped, num_steps=total,
-                            scheduler_class=lambda optimizer, **kw: sched(optimizer, **kw),
-                            scheduler_args={"num_training_steps": total},
-                            max_grad_norm=s.max_grad_norm or -1.0, output_hidden_states=True,
-                            output_attentions=any(m["feature"] == "attention" for m in matches))
-        distiller.tb_writer.close()
-    return Timing(wrapped.seconds, steps, tokens, memory, time.perf_counter() - start)
 
 
 # -- where it ran ---------------------------------------------------------------------------

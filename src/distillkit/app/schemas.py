@@ -43,7 +43,11 @@ class TrainerSchema(EngineSettings):
 
     ``teacher_cache``: logit-only losses read the teacher's logits from a disk cache computed
     once per teacher + data + preprocessing (``<cache>/teacher_outputs/``) instead of running
-    the teacher every step.
+    the teacher every step; layer-wise losses read the teacher's hidden states and attention
+    maps from a feature cache (``<cache>/teacher_features/``) stored as
+    ``feature_cache_dtype`` (fp32 | fp16 | bf16 | int8), unless it would exceed
+    ``feature_cache_max_gb`` (then the teacher runs live; 0 turns the feature cache off).
+    See distillkit.teachers.features.
 
     ``checkpoint_every_steps``: write a resumable checkpoint to ``<run>/checkpoints/`` every N
     optimizer steps (and after each evaluation); null: no checkpoints. ``keep_checkpoints``:
@@ -54,6 +58,8 @@ class TrainerSchema(EngineSettings):
     """
 
     teacher_cache: bool = True
+    feature_cache_dtype: str = "fp16"
+    feature_cache_max_gb: float = 16.0
     freeze: List[str] = field(default_factory=list)  # noqa: UP006
     checkpoint_every_steps: Optional[int] = None  # noqa: UP045
     keep_checkpoints: int = 2

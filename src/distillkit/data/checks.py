@@ -190,3 +190,24 @@ def inferred_labels(names: Sequence[str], drop_labels: Collection, split: str) -
         f"become a class of its own. Name the labels: data.labels=[{','.join(real)}] (and "
         f"data.drop_labels=[{','.join(stray)}] to drop those rows), or include it if it is a "
         "real class")
+
+
+def check_row_ids(ids: list[str], where: str, id_column: str | None) -> list[str]:
+    """A split's row ids, checked: every row has one and none repeats.
+
+    Raises:
+        DataError: naming the first empty or repeated id and the setting that fixes it.
+    """
+    column = f"column '{id_column}' (data.id_column)" if id_column else "row index"
+    first: dict[str, int] = {}
+    for row, value in enumerate(ids):
+        if not value:
+            raise DataError(f"row {row} of {where} has no id in {column}; every row needs "
+                            "one, or set data.id_column=null to use row indices")
+        if value in first:
+            raise DataError(
+                f"{where} has duplicate ids in {column}: '{value}' at rows {first[value]} "
+                f"and {row}; ids must be unique within a split (set data.id_column to a "
+                "unique column, or null to use row indices)")
+        first[value] = row
+    return list(ids)

@@ -11,7 +11,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from distillkit.data.checks import check_texts, inferred_labels, text_encoding
+from distillkit.data.checks import check_row_ids, check_texts, inferred_labels, text_encoding
+from distillkit.data.feature_rows import ROW, ExampleFeatures, FeatureCollator
 from distillkit.data.logit_rows import WithTeacherLogits
 from distillkit.data.sampling import (
     LengthGroupedBatchSampler,
@@ -124,6 +125,7 @@ class TextClassificationData:
         self._domains: dict[str, list[str]] = {}  # role -> row domains (with domain_column)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.teacher_logits: dict[str, np.ndarray] = {}
+        self.teacher_features: dict[str, ExampleFeatures] = {}
 
     # -- raw data -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -282,6 +284,7 @@ class TextClassificationData:
         self.raw.pop("transfer", None)
         self.tokenized.pop("transfer", None)
         self.teacher_logits.pop("transfer", None)
+        self.teacher_features.pop("transfer", None)
         self._ids.pop("transfer", None)
         self._domains.pop("transfer", None)
 
@@ -296,22 +299,8 @@ class TextClassificationData:
             DataError: when an id is empty or occurs twice in the split.
         """
         self.prepare()
-        ids = self._ids[role]
-        where = f"split '{self.split_names[role]}'"
-        column = (f"column '{self.id_column}' (data.id_column)" if self.id_column
-                  else "row index")
-        first: dict[str, int] = {}
-        for row, value in enumerate(ids):
-            if not value:
-                raise DataError(f"row {row} of {where} has no id in {column}; every row needs "
-                                "one, or set data.id_column=null to use row indices")
-            if value in first:
-                raise DataError(
-                    f"{where} has duplicate ids in {column}: '{value}' at rows {first[value]} "
-                    f"and {row}; ids must be unique within a split (set data.id_column to a "
-                    "unique column, or null to use row indices)")
-            first[value] = row
-        return list(ids)
+        return check_row_ids(self._ids[role], f"split '{self.split_names[role]}'",
+                             self.id_column)
 
     def _roles(self, role: str) -> list[str]:
         """The splits behind ``role``: ``distil`` is train plus transfer, others themselves."""
@@ -328,6 +317,14 @@ class TextClassificationData:
         if len(logits) != len(ds):
             raise ValueError(f"{len(logits)} teacher logit rows for {len(ds)} {role} examples")
         self.teacher_logits[role] = logits
+
+    def attach_teacher_features(self, role: str, features: ExampleFeatures) -> None:
+        """Attaches a split's cached teacher features (one entry per example, in split
+        order); its batches then carry them (:mod:`distillkit.data.feature_rows`)."""
+        if len(features) != len(self.tokenized[role]):
+            raise ValueError(f"{len(features)} cached feature rows for "
+                             f"{len(self.tokenized[role])} {role} examples")
+        self.teacher_features[role] = features
 
     def lengths(self, role: str) -> list[int]:
         """Token count of every example of a tokenised split (``distil``: train + transfer)."""
@@ -374,6 +371,12 @@ class TextClassificationData:
             if not name.startswith("loss_") or len(values) != len(dataset):
                 raise ValueError(f"column {name}: needs a loss_ name and one value per row")
             dataset = dataset.add_column(name, list(values))
+        with_features = [r for r in roles if r in self.teacher_features]
+        if with_features:
+            if len(with_features) != len(roles):
+                raise ValueError(f"teacher features attached to {with_features} but not to "
+                                 f"all of {roles}")
+            dataset = dataset.add_column(ROW, list(range(len(dataset))))
         with_logits = [r for r in roles if r in self.teacher_logits]
         if with_logits:
             if len(with_logits) != len(roles):
@@ -381,6 +384,8 @@ class TextClassificationData:
                                  f"{roles}")
             dataset = WithTeacherLogits(dataset, [self.teacher_logits[r] for r in roles])
         collate = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
+        if with_features:
+            collate = FeatureCollator(collate, [self.teacher_features[r] for r in roles])
         if by_length:
             lengths = self.lengths(role)
             sampler = (LengthGroupedBatchSampler(lengths, batch_size, generator) if shuffle

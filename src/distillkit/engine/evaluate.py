@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from distillkit.runtime.distributed import SINGLE, DistEnv
 
 # Batch entries that are targets, not model inputs.
-NON_INPUT_KEYS = frozenset({"labels", "teacher_logits"})
+NON_INPUT_KEYS = frozenset({"labels", "teacher_logits", "teacher_hidden_states",
+                            "teacher_attentions"})
 # Batch entries named ``loss_*`` go to the loss only (e.g. the step-by-step task of each row).
 LOSS_ONLY_PREFIX = "loss_"
 

@@ -28,3 +28,30 @@ def frozen(model: nn.Module, device: torch.device, dtype: torch.dtype | None) ->
     gradients, its weights cast to ``dtype`` (None: unchanged)."""
     model = model.to(device) if dtype is None else model.to(device=device, dtype=dtype)
     return model.eval().requires_grad_(False)
+
+
+# batch keys holding cached teacher outputs -> the output they stand for
+CACHED_OUTPUTS = {"teacher_logits": "logits", "teacher_hidden_states": "hidden_states",
+                  "teacher_attentions": "attentions"}
+
+
+def cached_teacher_outputs(batch: dict, device: torch.device) -> dict:
+    """The teacher outputs a batch carries, on ``device``, as a model would return them.
+
+    ``teacher_logits`` is a tensor; ``teacher_hidden_states`` / ``teacher_attentions`` map
+    indices of the model's output tuples to tensors (only the layers the loss reads were
+    cached) and become tuples with ``None`` at the other indices.
+    """
+    out: dict = {}
+    for key, name in CACHED_OUTPUTS.items():
+        value = batch.get(key)
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            layers = [None] * (max(value) + 1)
+            for index, tensor in value.items():
+                layers[index] = tensor.to(device, non_blocking=True)
+            out[name] = tuple(layers)
+        else:
+            out[name] = value.to(device, non_blocking=True)
+    return out

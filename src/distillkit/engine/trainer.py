@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from distillkit.engine.evaluate import evaluate, loss_inputs, model_inputs
 from distillkit.engine.nonfinite import NonFiniteWatch, check_finite_weights
-from distillkit.engine.outputs import frozen, plain_outputs
+from distillkit.engine.outputs import cached_teacher_outputs, frozen, plain_outputs
 from distillkit.engine.parallel import ParallelStep
 from distillkit.engine.resume import (
     CheckpointSink,
@@ -51,6 +51,9 @@ from distillkit.losses.contract import KDLoss
 from distillkit.runtime.distributed import SINGLE, DistEnv
 
 log = logging.getLogger(__name__)
+
+# a model's output flag -> the output it adds
+_FLAG_OUTPUTS = (("output_hidden_states", "hidden_states"), ("output_attentions", "attentions"))
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -150,13 +153,18 @@ class Distiller:
                 "output_attentions": "attentions" in features}
 
     def _teacher_outputs(self, inputs: dict, batch: dict, flags: dict[str, bool]):
-        needs_features = any(flags.values())
-        if "teacher_logits" in batch and not needs_features:
-            return {"logits": batch["teacher_logits"].to(self.device, non_blocking=True)}
+        """The teacher's outputs for this step: from the batch when it carries everything the
+        step reads (cached logits and, when asked for, cached features), else the live
+        teacher's forward pass."""
+        cached = cached_teacher_outputs(batch, self.device)
+        wanted = [name for flag, name in _FLAG_OUTPUTS if flags[flag]]
+        if cached and all(name in cached for name in wanted):
+            return cached
         if self.teacher is None:
             if self.loss.needs_teacher:
-                raise TrainingError("the loss needs teacher outputs but there is no teacher "
-                                    "and the batch carries no teacher_logits")
+                missing = [n for n in wanted if n not in cached] or ["logits"]
+                raise TrainingError(f"the loss needs the teacher's {', '.join(missing)} but "
+                                    "there is no teacher and the batch does not carry them")
             return None
         with torch.inference_mode(), self._teacher_autocast():
             out = self.teacher(**inputs, **flags)

@@ -174,6 +174,10 @@ class DistillationLoss(KDLoss):
             return None
         return max(pair.teacher for _, pair, _ in self.intermediate.plan)
 
+    def teacher_features(self) -> dict[str, frozenset[int]]:
+        """The teacher layers the intermediate terms read (none without them)."""
+        return self.intermediate.teacher_index()
+
     def required_features(self) -> set[str]:
         """Model outputs this loss reads now (the engine computes nothing else)."""
         features = {"logits"}

@@ -50,6 +50,11 @@ class KDLoss(nn.Module, metaclass=abc.ABCMeta):
       reads at the current step, out of ``logits``, ``hidden_states`` and ``attentions``
       (:data:`FEATURES`); the engine asks both models for hidden states or attention maps only
       when they are named, and a teacher-logits cache serves only losses reading logits alone.
+    * :meth:`teacher_features` (default: none): which teacher layers the loss reads over the
+      whole run, ``{"hidden_states": indices, "attentions": indices}`` (indices into the
+      model's output tuples); the run caches exactly these (:mod:`distillkit.teachers.features`)
+      and then hands the loss a ``teacher`` mapping whose tuples hold only those entries
+      (``None`` elsewhere).
     * :meth:`teacher_depth` (default None): the deepest teacher layer read when the loss never
       reads the teacher's logits, so the layers above need not run; None runs the whole
       teacher.
@@ -86,6 +91,11 @@ class KDLoss(nn.Module, metaclass=abc.ABCMeta):
     def required_features(self) -> set[str]:
         """The model outputs :meth:`forward` reads at the current step (default: logits)."""
         return {"logits"}
+
+    def teacher_features(self) -> dict[str, frozenset[int]]:
+        """The teacher's hidden-state and attention indices the loss reads at any step of the
+        run (default: none)."""
+        return {}
 
     def teacher_depth(self) -> int | None:
         """The deepest teacher layer read when no teacher logits are read; None (the default):

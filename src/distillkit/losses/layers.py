@@ -101,6 +101,16 @@ class IntermediateTerms(nn.Module):
         """Model outputs the bound terms read (``hidden_states``, ``attentions``)."""
         return {_FEATURE_OUTPUT[self.terms[name].feature] for name, _, _ in self.plan}
 
+    def teacher_index(self) -> dict[str, frozenset[int]]:
+        """Per teacher output (``hidden_states``, ``attentions``), the tuple indices the
+        planned terms read (attention maps of layer ``l`` sit at index ``l - 1``)."""
+        index: dict[str, set[int]] = {}
+        for name, pair, _ in self.plan:
+            feature = self.terms[name].feature
+            at = pair.teacher - 1 if feature == "attention" else pair.teacher
+            index.setdefault(_FEATURE_OUTPUT[feature], set()).add(at)
+        return {k: frozenset(v) for k, v in index.items()}
+
     def _side(self, name: str, pair: LayerPair, student: Mapping, teacher: Mapping):
         term = self.terms[name]
         if term.feature == "attention":

@@ -14,6 +14,9 @@ Read by ``distillkit report`` and the sweep summary (:mod:`distillkit.reporting.
     stages       {stage name: origin}: computed, cache, file, fine-tuned, resumed, skipped, ...
     stage_seconds {stage name: wall seconds}
     train        {steps, epochs, seconds, last_losses, evals}
+    teacher_features  the feature cache of a layer-wise loss: {source (cache | computed |
+                 live), reason, dtype, hidden_layers, attention_layers, tokens, bytes,
+                 bytes_per_token, splits, seconds, logits} (when the loss reads features)
     general      the general stage's {origin, key, path, embeddings, texts, steps, seconds,
                  last_losses} (when it ran)
     ...          the task's own fields (params, eval_split, splits, inference, ensemble, ...)
@@ -46,6 +49,8 @@ def run_record(ctx: Any, stages: dict[str, Any]) -> dict[str, Any]:
     record["objective"] = {"name": f"{kind}_{metric}", "value": chosen[metric]}
     if ctx.general is not None:
         record["general"] = ctx.general.record()
+    if "teacher_features" in ctx.details:
+        record["teacher_features"] = ctx.details["teacher_features"]
     if "resumed_from" in ctx.details:
         record["resumed_from"] = ctx.details["resumed_from"]
     if ctx.dist.enabled:

