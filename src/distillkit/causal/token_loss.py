@@ -79,6 +79,11 @@ class TokenDistillationLoss(KDLoss):
     * ``batch``: ``labels`` aligned with the positions (:func:`shift_for_next_token`;
       ``-100``: not counted) and ``attention_mask`` (0: not counted).
 
+    Vocabulary padding rows: with :attr:`vocab_size` set (the run sets it to
+    :func:`~distillkit.causal.vocab.align_vocab`'s result), only the first ``vocab_size`` rows
+    of each side's logits or LM head count (a view: the kept rows still train); top-k indices
+    must lie below it.
+
     Logged terms: ``kd`` (``scale(T) * KD``, the value ``alpha`` weighs) and ``hard`` (CE),
     each only when its weight is non-zero.
 
@@ -87,6 +92,8 @@ class TokenDistillationLoss(KDLoss):
         temperature: ``T`` > 0 of the KD term.
         alpha: weight of the KD term in ``[0, 1]``; CE gets ``1 - alpha``.
         chunk_tokens: counted tokens per chunk (memory against speed).
+        vocab_size: the shared vocabulary size both sides are cut to, or None (both already
+            have the same size).
 
     Raises:
         ConfigError: for a temperature <= 0, an alpha outside [0, 1], ``alpha > 0`` without
@@ -94,7 +101,8 @@ class TokenDistillationLoss(KDLoss):
     """
 
     def __init__(self, divergence: TokenDivergence | None = None, temperature: float = 1.0,
-                 alpha: float = 0.5, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> None:
+                 alpha: float = 0.5, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                 vocab_size: int | None = None) -> None:
         super().__init__()
         if not temperature > 0:
             raise ConfigError(
@@ -112,6 +120,7 @@ class TokenDistillationLoss(KDLoss):
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.chunk_tokens = check_chunk_tokens(chunk_tokens)
+        self.vocab_size = vocab_size
 
     @property
     def needs_teacher(self) -> bool:
@@ -139,8 +148,10 @@ class TokenDistillationLoss(KDLoss):
         scale = self.divergence.scale(self.temperature) if self.needs_teacher else 0.0
         kd_weight = self.alpha * scale
         ce_weight = 1.0 - self.alpha
+        size = self.vocab_size
         out = token_losses(
-            _student_side(student), _teacher_side(teacher) if self.needs_teacher else None,
+            _student_side(student, size),
+            _teacher_side(teacher, size) if self.needs_teacher else None,
             batch["labels"], self.divergence, self.temperature, kd_weight=kd_weight,
             ce_weight=ce_weight, mask=batch["attention_mask"], chunk_tokens=self.chunk_tokens)
         terms: dict[str, torch.Tensor] = {}
@@ -151,20 +162,23 @@ class TokenDistillationLoss(KDLoss):
         return LossOutput(total=out.total, terms=terms)
 
 
-def _head(outputs: Mapping[str, Any]) -> LMHeadInput:
+def _head(outputs: Mapping[str, Any], size: int | None) -> LMHeadInput:
     head: nn.Linear = outputs["lm_head"]
-    return LMHeadInput(outputs["hidden_states_last"], head.weight, head.bias)
+    bias = head.bias if head.bias is None or size is None else head.bias[:size]
+    weight = head.weight if size is None else head.weight[:size]
+    return LMHeadInput(outputs["hidden_states_last"], weight, bias)
 
 
-def _student_side(student: Mapping[str, Any]) -> torch.Tensor | LMHeadInput:
+def _student_side(student: Mapping[str, Any], size: int | None) -> torch.Tensor | LMHeadInput:
     if "hidden_states_last" in student:
-        return _head(student)
-    return student["logits"]
+        return _head(student, size)
+    return student["logits"] if size is None else student["logits"][..., :size]
 
 
-def _teacher_side(teacher: Mapping[str, Any]) -> torch.Tensor | LMHeadInput | TopKTargets:
+def _teacher_side(teacher: Mapping[str, Any],
+                  size: int | None) -> torch.Tensor | LMHeadInput | TopKTargets:
     if "topk" in teacher:
         return teacher["topk"]
     if "hidden_states_last" in teacher:
-        return _head(teacher)
-    return teacher["logits"]
+        return _head(teacher, size)
+    return teacher["logits"] if size is None else teacher["logits"][..., :size]
