@@ -20,18 +20,15 @@ chunked loss (:mod:`distillkit.causal.chunked`) calls it directly, without autog
 closed forms, with ``m`` the mixture of each divergence and ``d/dlog q`` the gradient w.r.t.
 the student's log-probabilities (the log-softmax backward follows):
 
-==================  =============================================  ==========================
-divergence          value per token                                ``d/dlog q_v``
-==================  =============================================  ==========================
-forward KL          ``sum p (log p - log q)``                      ``-p``
-reverse KL          ``sum q (log q - log p)``                      ``q (log q - log p + 1)``
-generalised JSD     ``b KL(p||m) + (1-b) KL(q||m)``, ``m=bp+(1-b)q``  ``(1-b) q (log q - log m)``
-total variation     ``0.5 sum |p - q|``                            ``0.5 q sign(q - p)``
-skew KL             ``KL(p||m)``, ``m = a p + (1 - a) q``          ``-(1 - a) p q / m``
-skew reverse KL     ``KL(q||m)``, ``m = (1 - a) p + a q``          ``q (log q - log m + 1 - a q / m)``
-==================  =============================================  ==========================
+* forward KL ``sum p (log p - log q)``: ``-p``;
+* reverse KL ``sum q (log q - log p)``: ``q (log q - log p + 1)``;
+* generalised JSD ``b KL(p||m) + (1 - b) KL(q||m)``, ``m = b p + (1 - b) q``:
+  ``(1 - b) q (log q - log m)``;
+* total variation ``0.5 sum |p - q|``: ``0.5 q sign(q - p)``;
+* skew KL ``KL(p||m)``, ``m = a p + (1 - a) q``: ``-(1 - a) p q / m``;
+* skew reverse KL ``KL(q||m)``, ``m = (1 - a) p + a q``: ``q (log q - log m + 1 - a q / m)``.
 
-Every formula is computed in log space, mixtures ``log(a p + b q)`` by ``logsumexp``. The
+Every formula is computed in log space, mixtures ``log(a p + b q)`` by ``logaddexp``. The
 log-probabilities must be finite: :func:`~distillkit.causal.topk.log_distributions` floors
 the teacher's (and the top-k buckets) at :data:`~distillkit.causal.topk.LOG_FLOOR`
 (``exp(LOG_FLOOR)`` is exactly 0 in float32), so a zero-probability entry (a ``-inf`` teacher
