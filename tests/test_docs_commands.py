@@ -80,6 +80,10 @@ UNTESTED = {
     "python bench/causal_models.py": "real-model benchmark (load times of the SmolLM2 teacher, "
                                      "fetched and de-quantised first if needed: about 1.5 min "
                                      "on a 2-core CPU)",
+    "python bench/token_loss_memory.py": "benchmark at SmolLM2's sizes on random weights "
+                                         "(about 8 min on a 2-core CPU, each case in its own "
+                                         "process); the loss it measures is tested by "
+                                         "tests/test_causal_chunked.py",
     "tensorboard --logdir": "TensorBoard's viewer; the event files it reads are checked by "
                             "tests/test_engine.py",
     "accelerate launch": "sets the same environment variables as torchrun, which is tested "

@@ -1,0 +1,196 @@
+"""Sparse teacher targets: the teacher's top-k log-probabilities per token plus its remaining mass.
+
+A causal-LM teacher's distribution over a 49k-token vocabulary is mostly a handful of tokens;
+storing (or shipping between processes) the whole ``[tokens, vocab]`` float tensor is what
+makes offline logits impractical at LLM scale. :class:`TopKTargets` keeps, per token, the
+``k`` largest teacher log-probabilities (at ``T = 1``), their vocabulary indices and the log of
+the mass left over, and every divergence of :mod:`distillkit.causal.divergences` accepts it in
+place of dense teacher logits.
+
+How the comparison works (:func:`log_distributions`): the vocabulary is collapsed to ``k + 1``
+buckets, the ``k`` teacher tokens and "everything else".
+
+* Teacher: the bucket log-probabilities are ``[log p_1, ..., log p_k, log r]`` with
+  ``r = 1 - sum_i p_i``, exact at ``T = 1``. A temperature ``T`` is applied as
+  ``p_i ** (1 / T)`` renormalised over the ``k + 1`` buckets (``log_softmax(bucket_logp / T)``).
+  For the ``k`` named tokens this equals the dense tempered distribution up to the rest
+  bucket; the rest bucket is an approximation for ``T != 1``: the true tempered mass of the
+  other tokens is ``sum_j p_j ** (1 / T)`` over the unnamed ``j``, not ``r ** (1 / T)`` (the
+  individual ``p_j`` are not stored). At ``T = 1`` it is exact.
+* Student: its bucket log-probabilities are its own (tempered) log-probabilities gathered at
+  the ``k`` teacher indices, plus ``log`` of its mass on every other token (a ``logsumexp``
+  over the unnamed logits, exact at any ``T``).
+
+With ``k = V`` (every token named, rest mass 0 on both sides) the buckets are the full
+distributions and every divergence equals its dense value at any ``T``; with ``k < V`` it
+compares the two distributions at the resolution of the ``k + 1`` buckets, which approaches
+the dense value as ``k`` grows (quickly for the peaked distributions of a trained LM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from distillkit.errors import ConfigError, ModelError
+
+#: Floor of the teacher's log-probabilities (and the top-k buckets): ``exp`` of it is exactly 0
+#: in float32, yet differences with real log-probabilities stay finite.
+LOG_FLOOR = -1.0e4
+
+
+@dataclass
+class TopKTargets:
+    """The teacher's top-k targets of a set of tokens (leading dims ``[...]``, e.g. ``[N]`` or
+    ``[batch, seq]``).
+
+    Attributes:
+        log_probs: ``[..., k]`` float, the teacher's ``k`` largest log-probabilities at
+            ``T = 1``, in descending order.
+        indices: ``[..., k]`` int64, their vocabulary indices (distinct per token).
+        rest_log_prob: ``[...]`` float, ``log`` of the teacher's mass on every other token
+            (``-inf`` when ``k`` is the vocabulary size).
+    """
+
+    log_probs: torch.Tensor
+    indices: torch.Tensor
+    rest_log_prob: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.log_probs.shape != self.indices.shape:
+            raise ValueError(f"top-k log_probs {tuple(self.log_probs.shape)} and indices "
+                             f"{tuple(self.indices.shape)} differ in shape")
+        if self.rest_log_prob.shape != self.log_probs.shape[:-1]:
+            raise ValueError(f"top-k rest_log_prob {tuple(self.rest_log_prob.shape)} does not "
+                             f"match log_probs {tuple(self.log_probs.shape)}")
+
+    @property
+    def k(self) -> int:
+        """Number of named teacher tokens per position."""
+        return int(self.indices.shape[-1])
+
+    def index(self, where: torch.Tensor | slice) -> TopKTargets:
+        """The targets of a subset of tokens: ``where`` indexes the leading dims (a boolean
+        mask over them, an index tensor or a slice)."""
+        return TopKTargets(self.log_probs[where], self.indices[where], self.rest_log_prob[where])
+
+    def to(self, device: torch.device | str) -> TopKTargets:
+        """The same targets on ``device``."""
+        return TopKTargets(self.log_probs.to(device), self.indices.to(device),
+                           self.rest_log_prob.to(device))
+
+
+def topk_targets(teacher_logits: torch.Tensor, k: int) -> TopKTargets:
+    """The top-k targets of dense teacher logits (at ``T = 1``).
+
+    Args:
+        teacher_logits: ``[..., V]`` teacher logits (any float dtype; computed in float32).
+        k: number of tokens to keep per position, ``1 <= k <= V``.
+
+    Returns:
+        :class:`TopKTargets` with leading dims ``[...]``.
+
+    Raises:
+        ConfigError: for ``k`` outside ``[1, V]``.
+    """
+    vocab = int(teacher_logits.shape[-1])
+    if not 1 <= k <= vocab:
+        raise ConfigError(f"top-k size must be in [1, {vocab}] (the vocabulary size), got {k}")
+    with torch.no_grad():
+        log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+        values, indices = log_p.topk(k, dim=-1)
+        rest = torch.logsumexp(log_p.scatter(-1, indices, float("-inf")), dim=-1)
+    return TopKTargets(values, indices, rest)
+
+
+def teacher_log_probs(teacher: torch.Tensor | TopKTargets, temperature: float = 1.0,
+                      in_place: bool = False) -> torch.Tensor:
+    """The teacher's tempered log-probabilities: a detached, floored float32 target.
+
+    Args:
+        teacher: ``[..., V]`` dense logits (or log-probabilities), or top-k targets.
+        temperature: ``T`` > 0.
+        in_place: reuse a dense float32 ``teacher``'s own memory (the caller owns it and
+            gives it up: one vocabulary-size tensor instead of three).
+
+    Returns:
+        ``[..., V]`` (dense) or ``[..., k + 1]`` (top-k buckets), floored at
+        :data:`LOG_FLOOR`.
+    """
+    t = float(temperature)
+    if isinstance(teacher, TopKTargets):
+        logits = torch.cat([teacher.log_probs.detach().float(),
+                            teacher.rest_log_prob.detach().float().unsqueeze(-1)], dim=-1)
+    else:
+        logits = teacher.detach().float()
+        if not in_place:
+            return F.log_softmax(logits if t == 1.0 else logits / t, dim=-1).clamp_min_(LOG_FLOOR)
+    if t != 1.0:
+        logits.div_(t)
+    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True)).clamp_min_(LOG_FLOOR)
+
+
+def student_buckets(log_q: torch.Tensor, teacher: TopKTargets) -> torch.Tensor:
+    """The student's log-probabilities over the ``k + 1`` buckets of ``teacher``.
+
+    Args:
+        log_q: ``[..., V]`` the student's (tempered) log-probabilities.
+        teacher: top-k targets with leading dims ``[...]``.
+
+    Returns:
+        ``[..., k + 1]``: ``log_q`` at the ``k`` teacher indices, then the log of the student's
+        mass on every other token (:data:`LOG_FLOOR` when ``k = V``).
+    """
+    named = log_q.gather(-1, teacher.indices)
+    if teacher.k >= log_q.shape[-1]:
+        rest = torch.full_like(named[..., 0], LOG_FLOOR)
+    else:
+        rest = torch.logsumexp(log_q.scatter(-1, teacher.indices, float("-inf")), dim=-1)
+    return torch.cat([named, rest.unsqueeze(-1)], dim=-1)
+
+
+def check_vocab(student_vocab: int, teacher_vocab: int) -> None:
+    """Refuses a dense teacher whose vocabulary size is not the student's.
+
+    Raises:
+        ModelError: naming both sizes.
+    """
+    if teacher_vocab != student_vocab:
+        raise ModelError(f"teacher logits have {teacher_vocab} vocabulary entries, the "
+                         f"student's {student_vocab}; align both to the shared size "
+                         "(distillkit.causal.vocab.align_vocab)")
+
+
+def log_distributions(student_logits: torch.Tensor, teacher: torch.Tensor | TopKTargets,
+                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's and the student's tempered log-probabilities over a common support.
+
+    The teacher is a target: it is detached (no gradient reaches it), and its log-probabilities
+    are floored at :data:`LOG_FLOOR`, so a ``-inf`` teacher logit or an empty rest bucket gives
+    a finite log-probability whose ``exp`` is 0.
+
+    Args:
+        student_logits: ``[..., V]`` finite student logits.
+        teacher: ``[..., V]`` dense teacher logits (or log-probabilities: the same after the
+            softmax), or :class:`TopKTargets` with leading dims ``[...]``.
+        temperature: ``T`` > 0, dividing both sides' logits.
+
+    Returns:
+        ``(log_p, log_q)`` in float32: teacher and student log-probabilities over the ``V``
+        tokens (dense teacher) or over the ``k + 1`` buckets (top-k teacher; see the module
+        docstring).
+
+    Raises:
+        ModelError: when dense teacher logits have another vocabulary size than the student's.
+    """
+    t = float(temperature)
+    if not isinstance(teacher, TopKTargets):
+        check_vocab(student_logits.shape[-1], teacher.shape[-1])
+    logits = student_logits.float()
+    log_q = F.log_softmax(logits if t == 1.0 else logits / t, dim=-1)
+    log_p = teacher_log_probs(teacher, t)
+    if isinstance(teacher, TopKTargets):
+        log_q = student_buckets(log_q, teacher)
+    return log_p, log_q
