@@ -74,10 +74,10 @@ from distillkit.data.synthetic import synthetic_nli
 from distillkit.engine import EngineSettings, evaluate
 from distillkit.engine.schedules import warmup_schedule
 from distillkit.errors import ConfigError, DistillkitError
-from distillkit.general.corpus import load_texts
+from distillkit.general.corpus import CorpusBatches, load_texts
 from distillkit.general.distill import (
     bound_loss,
-    corpus_batches,
+    corpus_ids,
     general_distiller,
     general_teacher,
     spec_of,
@@ -160,7 +160,8 @@ def general_work(setup: Setup, settings: GeneralSettings, spec: dict[str, Any]) 
                   else "random")
     texts = load_texts(settings.corpus, settings.text_column, settings.max_texts)
     loss = bound_loss(spec, source, dataclasses.replace(built["student"], model=student))
-    corpus = corpus_batches(source, texts, settings, engine.seed)
+    corpus = CorpusBatches(corpus_ids(source, texts, settings), settings.batch_size,
+                           source.tokenizer.pad_token_id or 0, engine.seed)
     batches: list[dict[str, torch.Tensor]] = []
     while len(batches) < settings.steps:  # a new (reshuffled) pass when one is used up
         batches += [b for _, b in zip(range(settings.steps - len(batches)), corpus,

@@ -94,6 +94,58 @@ def test_teacher_weights_enter_the_key(setup):
     assert second.origin == "computed" and second.key != first.key
 
 
+def _teacher_calls(teacher) -> list[int]:
+    """Counts the teacher's forward passes (a hook on its embeddings)."""
+    calls: list[int] = []
+    teacher.model.base_model.embeddings.register_forward_hook(
+        lambda *_: calls.append(1))
+    return calls
+
+
+def test_stage_reads_the_teachers_features_from_one_pass(setup):
+    """With the feature cache on, the stage trains as with the live teacher (fp32 features:
+    the same numbers up to float rounding), the teacher runs only in the one feature pass
+    (inference batches of up to 64 texts), and a second stage with other settings (another
+    stage key) reads the features without running the teacher at all."""
+    teacher, student, spec = setup
+    settings = GeneralSettings.from_config(spec)
+    live_student = student()
+    live = general_distillation(teacher, live_student, settings, spec, ENGINE)
+    assert live.teacher_features["source"] == "live"  # budget 0: off
+    calls = _teacher_calls(teacher)
+    cached_student = student()
+    cached = general_distillation(teacher, cached_student, settings, spec, ENGINE,
+                                  feature_cache=("fp32", 1.0))
+    record = cached.teacher_features
+    assert cached.origin == "computed" and cached.key != live.key
+    assert record["source"] == "computed" and record["dtype"] == "fp32"
+    assert record["attention_layers"] and record["bytes_per_token"] > 0
+    assert len(calls) == -(-cached.texts // ENGINE.eval_batch_size) < settings.steps
+    for name, value in live.last_losses.items():
+        assert cached.last_losses[name] == pytest.approx(value, rel=1e-4, abs=1e-6)
+    live_w, cached_w = _weights(live_student.model), _weights(cached_student.model)
+    assert all(torch.allclose(live_w[k], cached_w[k], atol=1e-5) for k in live_w)
+    # other stage settings: a new stage entry, the same feature entry, no teacher pass
+    calls.clear()
+    other = {**spec, "lr": 1e-4}
+    again = general_distillation(teacher, student(), GeneralSettings.from_config(other),
+                                 other, ENGINE, feature_cache=("fp32", 1.0))
+    assert again.origin == "computed" and again.key != cached.key
+    assert again.teacher_features["source"] == "cache" and calls == []
+    assert again.teacher_features["splits"]["general"]["key"] == record["splits"]["general"]["key"]
+
+
+def test_stage_features_over_budget_run_the_teacher_live(setup):
+    teacher, student, spec = setup
+    settings = GeneralSettings.from_config(spec)
+    calls = _teacher_calls(teacher)
+    result = general_distillation(teacher, student(), settings, spec, ENGINE,
+                                  feature_cache=("fp16", 1e-9))
+    record = result.teacher_features
+    assert record["source"] == "live" and "feature_cache_max_gb=1e-09" in record["reason"]
+    assert len(calls) == settings.steps  # the live teacher at every step
+
+
 def test_pca_embeddings_keep_the_teachers_geometry():
     """A teacher table whose rows span exactly 3 directions: a 3-wide student's rows are the
     centred rows in those coordinates, so all pairwise distances are kept."""

@@ -52,11 +52,12 @@ class FeatureCollator:
     """Pads a batch with ``collate``, then adds the examples' cached teacher features.
 
     Args:
-        collate: the usual collator (dynamic padding of the token columns).
+        collate: the usual collator (dynamic padding of the token columns); None for a step
+            used through :meth:`add_features` only (batches padded elsewhere).
         parts: per split, in concatenation order, its stored features.
     """
 
-    def __init__(self, collate: Callable[[list[dict]], dict],
+    def __init__(self, collate: Callable[[list[dict]], dict] | None,
                  parts: Sequence[ExampleFeatures]) -> None:
         self.collate = collate
         self.parts = list(parts)
@@ -67,6 +68,7 @@ class FeatureCollator:
         self.hidden_index, self.attention_index = layers.pop()
 
     def __call__(self, examples: list[dict]) -> dict:
+        assert self.collate is not None, "this FeatureCollator only adds features"
         return self.add_features(self.collate(examples))
 
     def add_features(self, batch: dict) -> dict:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from distillkit.data.feature_rows import ROW, FeatureCollator
 from distillkit.data.sources import hub_dataset, read_rows
 from distillkit.errors import DataError
 from distillkit.runtime.assets import asset_path
@@ -128,13 +129,17 @@ class CorpusBatches:
         batch_size: texts per batch.
         pad_id: the padding token id.
         seed: the order's seed.
+        features: the texts' cached teacher features
+            (:func:`distillkit.general.features.corpus_feature_rows`), added to every batch;
+            None: the teacher runs live.
     """
 
     def __init__(self, ids: Sequence[Sequence[int]], batch_size: int, pad_id: int,
-                 seed: int) -> None:
+                 seed: int, features: FeatureCollator | None = None) -> None:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         self.batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         self.ids, self.pad_id, self.seed, self.epoch = ids, int(pad_id), int(seed), 0
+        self.features = features
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -151,4 +156,8 @@ class CorpusBatches:
             for i, row in enumerate(rows):
                 input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
                 mask[i, :len(row)] = 1
-            yield {"input_ids": input_ids, "attention_mask": mask}
+            batch = {"input_ids": input_ids, "attention_mask": mask}
+            if self.features is not None:
+                batch[ROW] = torch.tensor(self.batches[b], dtype=torch.long)
+                batch = self.features.add_features(batch)
+            yield batch

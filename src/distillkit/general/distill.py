@@ -33,6 +33,11 @@ from distillkit.engine.schedules import warmup_schedule
 from distillkit.errors import ConfigError
 from distillkit.general.corpus import CorpusBatches, load_texts
 from distillkit.general.embeddings import pca_embeddings
+from distillkit.general.features import (
+    CorpusFeatures,
+    corpus_feature_rows,
+    plan_corpus_features,
+)
 from distillkit.general.settings import GeneralSettings
 from distillkit.models import ModelBundle, update_weights_digest
 from distillkit.runtime.assets import cache_root
@@ -57,6 +62,7 @@ class GeneralResult:
     steps: int
     seconds: float  # the one-time cost (when it was computed)
     last_losses: dict[str, float]
+    teacher_features: dict[str, Any] | None = None  # when the stage trained in this run
 
     def record(self) -> dict[str, Any]:
         """The record's ``general`` section."""
@@ -80,12 +86,15 @@ def general_teacher(teacher: ModelBundle, which: str) -> ModelBundle:
 
 
 def _key(teacher: ModelBundle, student: torch.nn.Module, texts: list[str],
-         settings: GeneralSettings, spec: dict[str, Any], precision: str) -> str:
+         settings: GeneralSettings, spec: dict[str, Any], precision: str,
+         features: str) -> str:
     digest = hashlib.sha256()
     update_weights_digest(teacher.model, digest)
     update_weights_digest(student, digest)
     meta = {"student_config": student.config.to_dict(), "settings": settings.key_fields(),
             "spec": spec, "precision": precision, "texts": len(texts)}
+    if features != "live":  # keys of stages trained before the feature cache stay valid
+        meta["teacher_features"] = features
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for text in texts:
         digest.update(text.encode())
@@ -104,24 +113,24 @@ def bound_loss(spec: dict[str, Any], teacher: ModelBundle, student: ModelBundle)
     return loss
 
 
-def corpus_batches(teacher: ModelBundle, texts: list[str], settings: GeneralSettings,
-                   seed: int) -> CorpusBatches:
-    """The corpus tokenised with the teacher's tokenizer, in length-grouped batches."""
-    tokenizer = teacher.tokenizer
-    ids = tokenizer(texts, truncation=True, max_length=settings.max_length,
-                    add_special_tokens=True)["input_ids"]
-    return CorpusBatches(ids, settings.batch_size, tokenizer.pad_token_id or 0, seed)
+def corpus_ids(teacher: ModelBundle, texts: list[str], settings: GeneralSettings
+               ) -> list[list[int]]:
+    """The corpus tokenised with the teacher's tokenizer (``general.max_length``)."""
+    return teacher.tokenizer(texts, truncation=True, max_length=settings.max_length,
+                             add_special_tokens=True)["input_ids"]
 
 
-def general_distiller(teacher: ModelBundle, student: torch.nn.Module, loss: Any,
+def general_distiller(teacher: ModelBundle | None, student: torch.nn.Module, loss: Any,
                       settings: GeneralSettings, engine: EngineSettings) -> Distiller:
     """The engine set up for the stage: AdamW, linear warm-up and decay over
-    ``settings.steps``, the teacher run only up to the deepest layer the loss reads."""
+    ``settings.steps``, the teacher run only up to the deepest layer the loss reads (None:
+    the batches carry the teacher's cached features)."""
     loop = dataclasses.replace(engine, max_steps=settings.steps, batch_size=settings.batch_size,
                                grad_accum_steps=1, eval_every_steps=None, compile=False,
                                teacher_dropout=False)
     return Distiller(
-        student=student, teacher=live_teacher(teacher, loss), loss=loss,
+        student=student, teacher=None if teacher is None else live_teacher(teacher, loss),
+        loss=loss,
         optimizer_factory=partial(torch.optim.AdamW, lr=settings.lr,
                                   weight_decay=settings.weight_decay),
         scheduler_factory=partial(warmup_schedule, name="linear",
@@ -129,19 +138,26 @@ def general_distiller(teacher: ModelBundle, student: torch.nn.Module, loss: Any,
         settings=loop)
 
 
-def _train(teacher: ModelBundle, student: torch.nn.Module, texts: list[str],
-           settings: GeneralSettings, loss: Any, engine: EngineSettings) -> tuple[float, dict]:
-    batches = corpus_batches(teacher, texts, settings, engine.seed)
-    distiller = general_distiller(teacher, student, loss, settings, engine)
+def _train(teacher: ModelBundle, student: torch.nn.Module, ids: list[list[int]],
+           settings: GeneralSettings, loss: Any, engine: EngineSettings,
+           features: CorpusFeatures) -> tuple[float, dict]:
+    pad_id = teacher.tokenizer.pad_token_id or 0
+    rows = (corpus_feature_rows(features, teacher, loss, ids, pad_id, engine)
+            if features.cached else None)
+    log.info("general stage: %s", features.record.describe())
+    batches = CorpusBatches(ids, settings.batch_size, pad_id, engine.seed, rows)
+    distiller = general_distiller(None if features.cached else teacher, student, loss,
+                                  settings, engine)
     log.info("general distillation: %d steps x %d texts (%.2f passes over %d texts), terms: %s",
              settings.steps, settings.batch_size, settings.steps / max(len(batches), 1),
-             len(texts), loss.describe_layers())
+             len(ids), loss.describe_layers())
     result = distiller.fit(batches, desc="general distillation")
     return result.train_seconds, result.last_losses
 
 
 def general_distillation(teacher: ModelBundle, student: ModelBundle, settings: GeneralSettings,
-                         spec: dict[str, Any], engine: EngineSettings) -> GeneralResult:
+                         spec: dict[str, Any], engine: EngineSettings,
+                         feature_cache: tuple[str, float] = ("fp16", 0.0)) -> GeneralResult:
     """Gives ``student`` its general-distilled encoder: from the cache, or trained now (and
     cached for every later run).
 
@@ -151,6 +167,8 @@ def general_distillation(teacher: ModelBundle, student: ModelBundle, settings: G
         settings: the ``general`` section.
         spec: the section as a plain dict (its ``loss`` and ``mapping`` configs).
         engine: the run's loop settings (device, precision, seed, progress).
+        feature_cache: ``trainer.feature_cache_dtype`` and ``trainer.feature_cache_max_gb``
+            (the teacher's features over the corpus, :mod:`distillkit.general.features`).
     """
     source = general_teacher(teacher, settings.teacher)
     model = student.model
@@ -163,12 +181,16 @@ def general_distillation(teacher: ModelBundle, student: ModelBundle, settings: G
         texts = load_texts(settings.corpus, settings.text_column, settings.max_texts)
         loss = bound_loss(spec, source, student) if settings.steps > 0 else None
         dtype = engine.autocast_dtype(engine.resolve_device())
-        key = _key(source, model, texts, settings, spec, str(dtype or "fp32"))
+        ids = corpus_ids(source, texts, settings) if loss is not None else []
+        features = (plan_corpus_features(source, loss, ids, settings.max_length, engine,
+                                         *feature_cache) if loss is not None else None)
+        key = _key(source, model, texts, settings, spec, str(dtype or "fp32"),
+                   features.key_part() if features is not None else "live")
         path = cache_root() / "general" / key
         with file_lock(path.with_name(f"{key}.lock")):  # parallel sweep jobs: one trains
             origin = "cache" if (path / INFO).is_file() else "computed"
             if origin == "computed":
-                seconds, losses = (_train(source, model, texts, settings, loss, engine)
+                seconds, losses = (_train(source, model, ids, settings, loss, engine, features)
                                    if loss is not None else (0.0, {}))
                 info = {"key": key, "teacher": source.name, "student": student.name,
                         "embeddings": embeddings, "texts": len(texts), "steps": settings.steps,
@@ -194,7 +216,9 @@ def general_distillation(teacher: ModelBundle, student: ModelBundle, settings: G
         restore_rng(rng)
     return GeneralResult(origin=origin, key=key, path=str(path), embeddings=embeddings,
                          texts=len(texts), steps=int(info["steps"]),
-                         seconds=float(info["seconds"]), last_losses=info["last_losses"])
+                         seconds=float(info["seconds"]), last_losses=info["last_losses"],
+                         teacher_features=(features.record.record() if origin == "computed"
+                                           and features is not None else None))
 
 
 def spec_of(section: Any) -> dict[str, Any]:

@@ -40,6 +40,9 @@ class GeneralStage:
                         "from (teacher=offline); the student starts from its own "
                         "initialisation", ctx.teacher.name)
             return "skipped"
+        trainer = ctx.cfg.trainer
+        cache = ((str(trainer.feature_cache_dtype), float(trainer.feature_cache_max_gb))
+                 if not ctx.settings.teacher_dropout else ("fp16", 0.0))
         ctx.general = general_distillation(ctx.teacher, ctx.student, settings, spec,
-                                           ctx.settings)
+                                           ctx.settings, feature_cache=cache)
         return ctx.general.origin

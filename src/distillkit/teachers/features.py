@@ -23,6 +23,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,7 +124,22 @@ def feature_spec(teacher: ModelBundle, loss: KDLoss, dtype: str) -> FeatureSpec 
                        int(config.num_attention_heads))
 
 
-def _entry(base_key: str, spec: FeatureSpec) -> Path:
+def over_budget(size: int, missing: int, max_gb: float) -> str | None:
+    """Why entries of ``size`` bytes (``missing`` of them not yet on disk) are not cached, in
+    words, or None when they fit the budget and the free disk."""
+    if size > max_gb * GB:
+        return (f"{size / GB:.2f} GB > trainer.feature_cache_max_gb={max_gb:g}; raise it to "
+                "cache them")
+    cache_root().mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache_root()).free
+    if missing > 0.9 * free:
+        return (f"{missing / GB:.2f} GB needed but {free / GB:.2f} GB free under "
+                f"{cache_root()}; free disk space or set DISTILLKIT_CACHE elsewhere")
+    return None
+
+
+def feature_entry(base_key: str, spec: FeatureSpec) -> Path:
+    """The entry of ``spec``'s features for the examples and teacher ``base_key`` names."""
     digest = hashlib.sha256(f"{base_key}|{json.dumps(spec.as_dict(), sort_keys=True)}".encode())
     return cache_root() / "teacher_features" / digest.hexdigest()[:24]
 
@@ -150,20 +166,13 @@ def cache_teacher_features(teacher: ModelBundle, loss: KDLoss, data: TextClassif
     lengths = {r: data.lengths(r) for r in roles}
     weights = weights_digest(basis)
     base_keys = {r: split_key(weights, data, r, precision) for r in roles}
-    paths = {r: _entry(base_keys[r], spec) for r in roles}
+    paths = {r: feature_entry(base_keys[r], spec) for r in roles}
     tokens = sum(sum(v) for v in lengths.values())
     size = sum(spec.nbytes(lengths[r]) for r in roles)
     result = FeatureCache("live", dtype, list(spec.hidden), list(spec.attentions), tokens, size)
-    missing = sum(spec.nbytes(lengths[r]) for r in roles if not _done(paths[r]))
-    if size > max_gb * GB:
-        result.reason = (f"{size / GB:.2f} GB > trainer.feature_cache_max_gb={max_gb:g}; raise "
-                         "it to cache them")
-        return result
-    cache_root().mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(cache_root()).free
-    if missing > 0.9 * free:
-        result.reason = (f"{missing / GB:.2f} GB needed but {free / GB:.2f} GB free under "
-                         f"{cache_root()}; free disk space or set DISTILLKIT_CACHE elsewhere")
+    missing = sum(spec.nbytes(lengths[r]) for r in roles if not is_done(paths[r]))
+    result.reason = over_budget(size, missing, max_gb)
+    if result.reason is not None:
         return result
     # the logits cache entry too, from the same pass, when the loss reads the logits: a single
     # teacher is its own basis, so the base keys are the logits cache's keys (an ensemble's
@@ -173,12 +182,14 @@ def cache_teacher_features(teacher: ModelBundle, loss: KDLoss, data: TextClassif
     for role in roles:
         path = paths[role]
         with file_lock(path.with_name(path.name + ".lock")):  # sweep jobs: one computes
-            if _done(path):
+            if is_done(path):
                 result.splits[role] = {"origin": "cache", "key": path.name}
             else:
                 logits_file = logits_path(base_keys[role]) if logits_from_pass else None
-                seconds, wrote = _compute(model, data, role, spec, lengths[role], path,
-                                          settings, logits_file)
+                loader = data.loader(role, inference_batch_size(settings, device))
+                batches = zip(loader.batch_sampler, loader, strict=True)
+                seconds, wrote = compute_features(model, batches, spec, lengths[role], path,
+                                                  settings, logits_file, role)
                 result.seconds += seconds
                 result.logits |= wrote
                 result.splits[role] = {"origin": "computed", "key": path.name}
@@ -189,16 +200,31 @@ def cache_teacher_features(teacher: ModelBundle, loss: KDLoss, data: TextClassif
     return result
 
 
-def _done(path: Path) -> bool:
+def is_done(path: Path) -> bool:
     return (path / "features.json").is_file()
 
 
-def _compute(model: torch.nn.Module, data: TextClassificationData, role: str,
-             spec: FeatureSpec, lengths: list[int], path: Path, settings: EngineSettings,
-             logits_file: Path | None) -> tuple[float, bool]:
-    """One teacher pass over a split writing its features (and its logits to ``logits_file``
-    when that cache entry is missing); returns the pass's seconds and whether logits were
-    written."""
+def compute_features(model: torch.nn.Module, batches: Iterable[tuple[list[int], dict]],
+                     spec: FeatureSpec, lengths: list[int], path: Path,
+                     settings: EngineSettings, logits_file: Path | None = None,
+                     role: str = "train") -> tuple[float, bool]:
+    """One teacher pass writing the features of every example to the entry ``path`` (and the
+    teacher's logits to ``logits_file`` when that cache entry is missing).
+
+    Args:
+        model: the teacher model to run.
+        batches: ``(example numbers, padded batch)`` covering each of the ``len(lengths)``
+            examples once.
+        spec: what to store.
+        lengths: real tokens per example.
+        path: the entry (published atomically when the pass completes).
+        settings: the run's loop settings (device, precision).
+        logits_file: where to write the logits, or None.
+        role: the split's name, for the log and the entry's info.
+
+    Returns:
+        The pass's seconds and whether logits were written.
+    """
     device = settings.resolve_device()
     dtype = settings.teacher_dtype(device)
     autocast = settings.autocast_dtype(device)
@@ -206,7 +232,6 @@ def _compute(model: torch.nn.Module, data: TextClassificationData, role: str,
     context = (torch.autocast(device.type, dtype=autocast) if dtype is None and autocast
                else nullcontext())
     want_logits = logits_file is not None and not logits_file.is_file()
-    loader = data.loader(role, inference_batch_size(settings, device))
     writer = FeatureWriter(path, spec, lengths)
     logits = np.zeros((len(lengths), 0), dtype=np.float32)
     flags = {"output_hidden_states": bool(spec.hidden),
@@ -214,7 +239,7 @@ def _compute(model: torch.nn.Module, data: TextClassificationData, role: str,
     start = time.perf_counter()
     try:
         with torch.inference_mode(), context:
-            for indices, batch in zip(loader.batch_sampler, loader, strict=True):
+            for indices, batch in batches:
                 out = model(**model_inputs(batch, device), **flags)
                 if want_logits:
                     if logits.shape[1] == 0:
