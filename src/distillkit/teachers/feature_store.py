@@ -63,8 +63,7 @@ class FeatureSpec:
         """Offsets and array sizes for examples of ``lengths`` tokens."""
         n = np.asarray(lengths, dtype=np.int64)
         per_attn = len(self.attentions) * self.heads * n * n
-        index = np.stack([np.concatenate([[0], np.cumsum(n)[:-1]]), n,
-                          np.concatenate([[0], np.cumsum(per_attn)[:-1]])], axis=1) \
+        index = np.stack([row_offsets(n), n, row_offsets(per_attn)], axis=1) \
             if len(n) else np.zeros((0, 3), dtype=np.int64)
         tokens = int(n.sum())
         values = int(per_attn.sum())
@@ -81,6 +80,12 @@ class FeatureSpec:
         if self.dtype == "int8":
             total += 4 * (lay["tokens"] * len(self.hidden) + lay["attention_rows"])
         return int(total)
+
+
+def row_offsets(sizes: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Where each of consecutive variable-length rows of ``sizes`` starts (int64)."""
+    n = np.asarray(sizes, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) if len(n) else n
 
 
 def quantise(values: torch.Tensor, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -18,8 +18,6 @@ dropout on (``trainer.teacher_dropout``) is not deterministic, so it always runs
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -42,6 +40,7 @@ from distillkit.runtime.locks import file_lock
 from distillkit.teachers.feature_store import DTYPES, FeatureSpec, FeatureStore, FeatureWriter
 from distillkit.teachers.outputs import (
     inference_batch_size,
+    keyed_entry,
     logits_path,
     split_key,
     store_logits,
@@ -123,11 +122,6 @@ def feature_spec(teacher: ModelBundle, loss: KDLoss, dtype: str) -> FeatureSpec 
                        int(config.num_attention_heads))
 
 
-def _entry(base_key: str, spec: FeatureSpec) -> Path:
-    digest = hashlib.sha256(f"{base_key}|{json.dumps(spec.as_dict(), sort_keys=True)}".encode())
-    return cache_root() / "teacher_features" / digest.hexdigest()[:24]
-
-
 def cache_teacher_features(teacher: ModelBundle, loss: KDLoss, data: TextClassificationData,
                            settings: EngineSettings, dtype: str, max_gb: float) -> FeatureCache:
     """Attaches the teacher's features to every training split, from the cache or computed
@@ -150,7 +144,7 @@ def cache_teacher_features(teacher: ModelBundle, loss: KDLoss, data: TextClassif
     lengths = {r: data.lengths(r) for r in roles}
     weights = weights_digest(basis)
     base_keys = {r: split_key(weights, data, r, precision) for r in roles}
-    paths = {r: _entry(base_keys[r], spec) for r in roles}
+    paths = {r: keyed_entry("teacher_features", base_keys[r], spec.as_dict()) for r in roles}
     tokens = sum(sum(v) for v in lengths.values())
     size = sum(spec.nbytes(lengths[r]) for r in roles)
     result = FeatureCache("live", dtype, list(spec.hidden), list(spec.attentions), tokens, size)
