@@ -19,6 +19,7 @@ from distillkit.causal.topk import LOG_FLOOR, TopKTargets, topk_targets
 from distillkit.data.feature_rows import ROW
 from distillkit.data.topk_rows import TopKCollator
 from distillkit.engine import Distiller, EngineSettings
+from distillkit.engine.evaluate import model_inputs
 from distillkit.engine.outputs import cached_teacher_outputs
 from distillkit.engine.schedules import warmup_schedule
 from distillkit.errors import ConfigError
@@ -267,4 +268,7 @@ def test_a_step_without_teacher_is_served_from_the_batch(teacher, cache, caplog)
     with caplog.at_level(logging.INFO):
         result = distiller.fit(loader)
     assert result.steps == 2 and set(result.last_losses) == {"kd", "total"}
+    # the cached targets reach the loss, never the model (a Llama would swallow extra kwargs)
+    assert set(model_inputs(next(iter(loader)), torch.device("cpu"))) == {"input_ids",
+                                                                          "attention_mask"}
     assert any((a != b).any() for a, b in zip(before, student.parameters(), strict=True))
