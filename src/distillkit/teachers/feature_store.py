@@ -113,6 +113,15 @@ def _restore(stored: np.ndarray, scale: np.ndarray | None, dtype: str) -> torch.
     return t
 
 
+def fresh_tmp(path: Path) -> Path:
+    """The empty directory an entry ``path`` is written in before it is renamed into place
+    (whatever a pass killed before it finished left there is removed)."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 class FeatureWriter:
     """Fills a new cache entry example by example, then publishes it atomically.
 
@@ -124,9 +133,7 @@ class FeatureWriter:
 
     def __init__(self, path: Path, spec: FeatureSpec, lengths: Sequence[int]) -> None:
         self.path, self.spec = path, spec
-        self.tmp = path.with_name(f"{path.name}.tmp")
-        shutil.rmtree(self.tmp, ignore_errors=True)  # a pass killed before it finished
-        self.tmp.mkdir(parents=True)
+        self.tmp = fresh_tmp(path)
         lay = spec.layout(lengths)
         self.index, self.tokens = lay["index"], lay["tokens"]
         np.save(self.tmp / "index.npy", self.index)

@@ -110,6 +110,22 @@ def check_settings(dtype: str, max_gb: float) -> None:
                           "0 turns the feature cache off")
 
 
+def over_budget(size: int, missing: int, max_gb: float) -> str | None:
+    """Why cache entries of ``size`` bytes in all, ``missing`` of them not written yet, are
+    not cached (over ``trainer.feature_cache_max_gb``, or 90% of the free disk), in words;
+    None when they fit."""
+    if size > max_gb * GB:
+        return f"{size / GB:.2f} GB > trainer.feature_cache_max_gb={max_gb:g}; raise it to cache them"
+    if not missing:
+        return None
+    cache_root().mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache_root()).free
+    if missing > 0.9 * free:
+        return (f"{missing / GB:.2f} GB needed but {free / GB:.2f} GB free under "
+                f"{cache_root()}; free disk space or set DISTILLKIT_CACHE elsewhere")
+    return None
+
+
 def feature_spec(teacher: ModelBundle, loss: KDLoss, dtype: str) -> FeatureSpec | None:
     """The features the loss reads from the teacher, or None when it reads none."""
     wanted = loss.teacher_features()
@@ -149,15 +165,8 @@ def cache_teacher_features(teacher: ModelBundle, loss: KDLoss, data: TextClassif
     size = sum(spec.nbytes(lengths[r]) for r in roles)
     result = FeatureCache("live", dtype, list(spec.hidden), list(spec.attentions), tokens, size)
     missing = sum(spec.nbytes(lengths[r]) for r in roles if not _done(paths[r]))
-    if size > max_gb * GB:
-        result.reason = (f"{size / GB:.2f} GB > trainer.feature_cache_max_gb={max_gb:g}; raise "
-                         "it to cache them")
-        return result
-    cache_root().mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(cache_root()).free
-    if missing > 0.9 * free:
-        result.reason = (f"{missing / GB:.2f} GB needed but {free / GB:.2f} GB free under "
-                         f"{cache_root()}; free disk space or set DISTILLKIT_CACHE elsewhere")
+    result.reason = over_budget(size, missing, max_gb)
+    if result.reason is not None:
         return result
     # the logits cache entry too, from the same pass, when the loss reads the logits: a single
     # teacher is its own basis, so the base keys are the logits cache's keys (an ensemble's

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,8 +46,8 @@ from distillkit.engine import frozen
 from distillkit.engine.evaluate import model_inputs
 from distillkit.errors import ConfigError
 from distillkit.models.bundle import update_weights_digest
-from distillkit.runtime.assets import cache_root
 from distillkit.runtime.locks import file_lock
+from distillkit.teachers.features import over_budget
 from distillkit.teachers.outputs import ids_key, keyed_entry
 from distillkit.teachers.topk_store import VALUE_DTYPES, TopKSpec, TopKStore, TopKWriter, published
 
@@ -178,15 +177,9 @@ def cache_teacher_topk(model: nn.Module, splits: Mapping[str, TopKSplit], *, k: 
     tokens = sum(sum(n) for n in lengths.values())
     size = sum(spec.nbytes(n) for n in lengths.values())
     result = TopKCache("live", spec.k, dtype, tokens, size)
-    if size > max_gb * GB:
-        result.reason = f"{size / GB:.2f} GB > {BUDGET}={max_gb:g}; raise it to cache them"
-        return result
     missing = sum(spec.nbytes(lengths[r]) for r in splits if not published(paths[r]))
-    cache_root().mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(cache_root()).free
-    if missing > 0.9 * free:
-        result.reason = (f"{missing / GB:.2f} GB needed but {free / GB:.2f} GB free under "
-                         f"{cache_root()}; free disk space or set DISTILLKIT_CACHE elsewhere")
+    result.reason = over_budget(size, missing, max_gb)
+    if result.reason is not None:
         return result
     device = torch.device(device)
     ready = False

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from distillkit.causal.topk import LOG_FLOOR, TopKTargets
-from distillkit.teachers.feature_store import entry_bytes, row_offsets
+from distillkit.teachers.feature_store import entry_bytes, fresh_tmp, row_offsets
 
 #: storage dtypes of the log-probabilities: name -> numpy dtype
 VALUE_DTYPES: dict[str, Any] = {"fp16": np.float16, "fp32": np.float32}
@@ -73,19 +73,18 @@ class TopKSpec:
 
 
 class TopKWriter:
-    """Fills a new top-k entry example by example, then publishes it atomically.
+    """Writes a split's top-k targets into ``<path>.tmp``, one example at a time (any order);
+    :meth:`publish` renames the finished entry to ``path``, :meth:`discard` removes it.
 
     Args:
-        path: the entry's final directory (must not exist yet).
-        spec: what is stored.
-        lengths: every example's real-token count, in row order.
+        path: where the finished entry goes (the caller checks :func:`published` first,
+            holding the entry's lock).
+        spec: k, dtype and vocabulary size.
+        lengths: the real-token count of every row.
     """
 
     def __init__(self, path: Path, spec: TopKSpec, lengths: Sequence[int]) -> None:
-        self.path, self.spec = path, spec
-        self.tmp = path.with_name(f"{path.name}.tmp")
-        shutil.rmtree(self.tmp, ignore_errors=True)  # a pass killed before it finished
-        self.tmp.mkdir(parents=True)
+        self.path, self.spec, self.tmp = path, spec, fresh_tmp(path)
         n = np.asarray(lengths, dtype=np.int64)
         self.index = np.stack([row_offsets(n), n], axis=1) if len(n) else np.zeros((0, 2),
                                                                                    np.int64)
