@@ -204,6 +204,9 @@ def cache_teacher_topk(model: nn.Module, splits: Mapping[str, TopKSplit], *, k: 
 def _compute(model: nn.Module, split: TopKSplit, lengths: list[int], spec: TopKSpec,
              path: Path, device: torch.device, chunk_tokens: int, role: str) -> float:
     """One teacher pass over a split writing its entry; returns the pass's seconds."""
+    head = model.get_output_embeddings()
+    weight = head.weight[:spec.vocab].float()  # once per pass (a copy for a bf16 teacher)
+    bias = None if head.bias is None else head.bias[:spec.vocab].float()
     writer = TopKWriter(path, spec, lengths)
     done = [False] * len(lengths)
     start = time.perf_counter()
@@ -220,8 +223,7 @@ def _compute(model: nn.Module, split: TopKSplit, lengths: list[int], spec: TopKS
                                          f"its batch but {lengths[row]} ids: the batches do "
                                          "not match the split's ids")
                 hidden = model.base_model(**inputs).last_hidden_state[mask]
-                targets = chunked_topk(hidden, model.get_output_embeddings(), spec.k,
-                                       spec.vocab, chunk_tokens)
+                targets = chunked_topk(hidden, weight, bias, spec.k, chunk_tokens)
                 at = 0
                 for row, n in zip(rows, counts, strict=True):
                     writer.write(row, targets.index(slice(at, at + n)))
@@ -241,16 +243,14 @@ def _compute(model: nn.Module, split: TopKSplit, lengths: list[int], spec: TopKS
     return seconds
 
 
-def chunked_topk(hidden: torch.Tensor, head: nn.Linear, k: int, vocab: int,
+def chunked_topk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int,
                  chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> TopKTargets:
-    """Top-k targets of ``[N, H]`` last hidden states through the output layer ``head``
-    (its first ``vocab`` rows), ``chunk_tokens`` tokens' float32 logits at a time.
+    """Top-k targets of ``[N, H]`` last hidden states through an output layer (``weight``
+    ``[V, H]``, ``bias`` ``[V]`` or None), ``chunk_tokens`` tokens' float32 logits at a time.
 
     Returns:
         :class:`TopKTargets` with leading dim ``[N]`` on the CPU.
     """
-    weight = head.weight[:vocab].float()
-    bias = None if head.bias is None else head.bias[:vocab].float()
     parts = []
     for at in range(0, hidden.shape[0], max(int(chunk_tokens), 1)):
         logits = torch.nn.functional.linear(hidden[at:at + chunk_tokens].float(), weight, bias)
