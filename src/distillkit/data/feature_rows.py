@@ -38,17 +38,50 @@ class ExampleFeatures(Protocol):
         ...
 
 
-def _span(mask: torch.Tensor, length: int) -> int:
+def real_span(mask: torch.Tensor, length: int) -> int:
     """Where an example's ``length`` real tokens start in its padded row (right or left
     padding: they are contiguous)."""
     positions = mask.nonzero().flatten()
     if len(positions) != length or (length and positions[-1] - positions[0] + 1 != length):
-        raise ValueError(f"cached teacher features hold {length} tokens for an example with "
+        raise ValueError(f"cached teacher outputs hold {length} tokens for an example with "
                          f"{len(positions)} real tokens: the cache does not match the data")
     return int(positions[0]) if length else 0
 
 
-class FeatureCollator:
+class RowCollator:
+    """Pads a batch with ``collate``, then adds each example's cached teacher outputs, found
+    by its ``teacher_row`` in the parts (splits concatenated in order); subclasses say what
+    is added (:meth:`add`).
+
+    Args:
+        collate: the usual collator (dynamic padding of the token columns); None for a step
+            used through :meth:`add` only (batches padded elsewhere).
+        parts: per split, in concatenation order, its stored outputs (``len`` = examples).
+    """
+
+    def __init__(self, collate: Callable[[list[dict]], dict] | None, parts: Sequence) -> None:
+        self.collate = collate
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __call__(self, examples: list[dict]) -> dict:
+        assert self.collate is not None, f"this {type(self).__name__} only adds outputs"
+        return self.add(self.collate(examples))
+
+    def add(self, batch: dict) -> dict:
+        """Replaces a padded batch's ``teacher_row`` with its examples' cached outputs."""
+        raise NotImplementedError
+
+    def rows(self, batch: dict) -> list[tuple[int, int]]:
+        """Pops the batch's ``teacher_row`` and locates each example: ``(part, row in it)``."""
+        located = []
+        for row in batch.pop(ROW).tolist():
+            part = int(np.searchsorted(self.offsets, row, side="right") - 1)
+            located.append((part, int(row) - int(self.offsets[part])))
+        return located
+
+
+class FeatureCollator(RowCollator):
     """Pads a batch with ``collate``, then adds the examples' cached teacher features.
 
     Args:
@@ -59,30 +92,26 @@ class FeatureCollator:
 
     def __init__(self, collate: Callable[[list[dict]], dict] | None,
                  parts: Sequence[ExampleFeatures]) -> None:
-        self.collate = collate
-        self.parts = list(parts)
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        super().__init__(collate, parts)
         layers = {p.layers() for p in self.parts}
         if len(layers) != 1:
             raise ValueError("the splits' cached teacher features store different layers")
         self.hidden_index, self.attention_index = layers.pop()
 
-    def __call__(self, examples: list[dict]) -> dict:
-        assert self.collate is not None, "this FeatureCollator only adds features"
-        return self.add_features(self.collate(examples))
+    def add(self, batch: dict) -> dict:
+        return self.add_features(batch)
 
     def add_features(self, batch: dict) -> dict:
         """Replaces a padded batch's ``teacher_row`` with its examples' features."""
-        rows = batch.pop(ROW).tolist()
+        rows = self.rows(batch)
         mask = batch["attention_mask"]
         size, seq = mask.shape
         hidden: list[torch.Tensor] | None = None
         attn: list[torch.Tensor] | None = None
-        for b, row in enumerate(rows):
-            part = int(np.searchsorted(self.offsets, row, side="right") - 1)
-            h, a = self.parts[part].example(row - int(self.offsets[part]))
+        for b, (part, row) in enumerate(rows):
+            h, a = self.parts[part].example(row)
             length = (h.shape[1] if h is not None else a.shape[-1])
-            at = _span(mask[b], length)
+            at = real_span(mask[b], length)
             if h is not None:
                 if hidden is None:
                     hidden = [h.new_zeros((size, seq, h.shape[-1])) for _ in range(len(h))]

@@ -11,11 +11,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from distillkit.engine.outputs import CACHED_KEYS
 from distillkit.runtime.distributed import SINGLE, DistEnv
 
 # Batch entries that are targets, not model inputs.
-NON_INPUT_KEYS = frozenset({"labels", "teacher_logits", "teacher_hidden_states",
-                            "teacher_attentions"})
+NON_INPUT_KEYS = frozenset({"labels"}) | CACHED_KEYS
 # Batch entries named ``loss_*`` go to the loss only (e.g. the step-by-step task of each row).
 LOSS_ONLY_PREFIX = "loss_"
 

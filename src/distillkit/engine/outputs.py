@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distillkit.causal.topk import TopKTargets
+
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
     """A float32 copy made outside inference mode (the loss may save it for backward)."""
@@ -33,6 +35,12 @@ def frozen(model: nn.Module, device: torch.device, dtype: torch.dtype | None) ->
 # batch keys holding cached teacher outputs -> the output they stand for
 CACHED_OUTPUTS = {"teacher_logits": "logits", "teacher_hidden_states": "hidden_states",
                   "teacher_attentions": "attentions"}
+# a causal LM's cached top-k targets (distillkit.data.topk_rows): three batch keys, one output
+TOPK_LOG_PROBS, TOPK_INDICES, TOPK_REST = ("teacher_topk_log_probs", "teacher_topk_indices",
+                                           "teacher_topk_rest")
+TOPK_KEYS = (TOPK_LOG_PROBS, TOPK_INDICES, TOPK_REST)
+#: every batch key that holds a cached teacher output (none of them is a model input)
+CACHED_KEYS = frozenset(CACHED_OUTPUTS) | frozenset(TOPK_KEYS)
 
 
 def cached_teacher_outputs(batch: dict, device: torch.device) -> dict:
@@ -40,7 +48,10 @@ def cached_teacher_outputs(batch: dict, device: torch.device) -> dict:
 
     ``teacher_logits`` is a tensor; ``teacher_hidden_states`` / ``teacher_attentions`` map
     indices of the model's output tuples to tensors (only the layers the loss reads were
-    cached) and become tuples with ``None`` at the other indices.
+    cached) and become tuples with ``None`` at the other indices. The three top-k keys
+    (``teacher_topk_log_probs``, ``teacher_topk_indices``, ``teacher_topk_rest``) become
+    ``topk``, one :class:`~distillkit.causal.topk.TopKTargets` with leading dims
+    ``[batch, seq]``.
     """
     out: dict = {}
     for key, name in CACHED_OUTPUTS.items():
@@ -54,4 +65,11 @@ def cached_teacher_outputs(batch: dict, device: torch.device) -> dict:
             out[name] = tuple(layers)
         else:
             out[name] = value.to(device, non_blocking=True)
+    present = [key for key in TOPK_KEYS if batch.get(key) is not None]
+    if present:
+        if len(present) != len(TOPK_KEYS):
+            raise ValueError(f"the batch carries {', '.join(present)} but not all of "
+                             f"{', '.join(TOPK_KEYS)}")
+        out["topk"] = TopKTargets(*(batch[key].to(device, non_blocking=True)
+                                    for key in TOPK_KEYS))
     return out

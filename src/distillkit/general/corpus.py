@@ -120,6 +120,17 @@ def load_texts(corpus: Any, text_column: str = "text", max_texts: int | None = N
     return unique
 
 
+def padded(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Token-id rows as a right-padded batch: ``input_ids`` and ``attention_mask``."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
 class CorpusBatches:
     """Batches of token ids grouped by length (little padding), in a seeded random order that
     changes every epoch; each batch holds ``input_ids`` and ``attention_mask``.
@@ -149,14 +160,7 @@ class CorpusBatches:
         random.Random(self.seed + self.epoch).shuffle(order)
         self.epoch += 1
         for b in order:
-            rows = [self.ids[i] for i in self.batches[b]]
-            width = max(len(r) for r in rows)
-            input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-                mask[i, :len(row)] = 1
-            batch = {"input_ids": input_ids, "attention_mask": mask}
+            batch = padded([self.ids[i] for i in self.batches[b]], self.pad_id)
             if self.features is not None:
                 batch[ROW] = torch.tensor(self.batches[b], dtype=torch.long)
                 batch = self.features.add_features(batch)

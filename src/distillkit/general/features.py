@@ -18,11 +18,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from distillkit.data.feature_rows import FeatureCollator
 from distillkit.engine import EngineSettings
+from distillkit.general.corpus import padded
 from distillkit.losses.contract import KDLoss
 from distillkit.models import ModelBundle
 from distillkit.runtime.locks import file_lock
@@ -35,7 +35,7 @@ from distillkit.teachers.features import (
     is_done,
     over_budget,
 )
-from distillkit.teachers.outputs import inference_batch_size, weights_digest
+from distillkit.teachers.outputs import ids_key, inference_batch_size, weights_digest
 from distillkit.teachers.setup import live_teacher
 
 log = logging.getLogger(__name__)
@@ -89,12 +89,7 @@ def plan_corpus_features(source: ModelBundle, loss: KDLoss, ids: Sequence[Sequen
     record = FeatureCache("live", dtype, list(spec.hidden), list(spec.attentions),
                           sum(lengths), spec.nbytes(lengths))
     precision = engine.teacher_dtype(engine.resolve_device())
-    digest = weights_digest(source)
-    for row in ids:
-        digest.update(np.asarray(row, dtype=np.int32).tobytes())
-        digest.update(b"|")
-    digest.update(f"general|{max_length}|weights:{precision or torch.float32}".encode())
-    path = feature_entry(digest.hexdigest()[:24], spec)
+    path = feature_entry(ids_key(weights_digest(source), [ids], max_length, precision), spec)
     record.reason = over_budget(record.bytes, 0 if is_done(path) else record.bytes, max_gb)
     if record.reason is not None:
         return CorpusFeatures(record, spec)
@@ -107,13 +102,7 @@ def _inference_batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: in
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, i in enumerate(rows):
-            input_ids[b, :len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
-            mask[b, :len(ids[i])] = 1
-        yield rows, {"input_ids": input_ids, "attention_mask": mask}
+        yield rows, padded([ids[i] for i in rows], pad_id)
 
 
 def corpus_feature_rows(plan: CorpusFeatures, source: ModelBundle, loss: KDLoss,

@@ -63,8 +63,7 @@ class FeatureSpec:
         """Offsets and array sizes for examples of ``lengths`` tokens."""
         n = np.asarray(lengths, dtype=np.int64)
         per_attn = len(self.attentions) * self.heads * n * n
-        index = np.stack([np.concatenate([[0], np.cumsum(n)[:-1]]), n,
-                          np.concatenate([[0], np.cumsum(per_attn)[:-1]])], axis=1) \
+        index = np.stack([row_offsets(n), n, row_offsets(per_attn)], axis=1) \
             if len(n) else np.zeros((0, 3), dtype=np.int64)
         tokens = int(n.sum())
         values = int(per_attn.sum())
@@ -81,6 +80,12 @@ class FeatureSpec:
         if self.dtype == "int8":
             total += 4 * (lay["tokens"] * len(self.hidden) + lay["attention_rows"])
         return int(total)
+
+
+def row_offsets(sizes: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Where each of consecutive variable-length rows of ``sizes`` starts (int64)."""
+    n = np.asarray(sizes, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) if len(n) else n
 
 
 def quantise(values: torch.Tensor, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -108,6 +113,15 @@ def _restore(stored: np.ndarray, scale: np.ndarray | None, dtype: str) -> torch.
     return t
 
 
+def fresh_tmp(path: Path) -> Path:
+    """The empty directory an entry ``path`` is written in before it is renamed into place
+    (whatever a pass killed before it finished left there is removed)."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 class FeatureWriter:
     """Fills a new cache entry example by example, then publishes it atomically.
 
@@ -119,9 +133,7 @@ class FeatureWriter:
 
     def __init__(self, path: Path, spec: FeatureSpec, lengths: Sequence[int]) -> None:
         self.path, self.spec = path, spec
-        self.tmp = path.with_name(f"{path.name}.tmp")
-        shutil.rmtree(self.tmp, ignore_errors=True)  # a pass killed before it finished
-        self.tmp.mkdir(parents=True)
+        self.tmp = fresh_tmp(path)
         lay = spec.layout(lengths)
         self.index, self.tokens = lay["index"], lay["tokens"]
         np.save(self.tmp / "index.npy", self.index)

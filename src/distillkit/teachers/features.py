@@ -18,8 +18,6 @@ dropout on (``trainer.teacher_dropout``) is not deterministic, so it always runs
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -43,6 +41,7 @@ from distillkit.runtime.locks import file_lock
 from distillkit.teachers.feature_store import DTYPES, FeatureSpec, FeatureStore, FeatureWriter
 from distillkit.teachers.outputs import (
     inference_batch_size,
+    keyed_entry,
     logits_path,
     split_key,
     store_logits,
@@ -112,6 +111,22 @@ def check_settings(dtype: str, max_gb: float) -> None:
                           "0 turns the feature cache off")
 
 
+def over_budget(size: int, missing: int, max_gb: float) -> str | None:
+    """Why cache entries of ``size`` bytes in all, ``missing`` of them not written yet, are
+    not cached (over ``trainer.feature_cache_max_gb``, or 90% of the free disk), in words;
+    None when they fit."""
+    if size > max_gb * GB:
+        return f"{size / GB:.2f} GB > trainer.feature_cache_max_gb={max_gb:g}; raise it to cache them"
+    if not missing:
+        return None
+    cache_root().mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache_root()).free
+    if missing > 0.9 * free:
+        return (f"{missing / GB:.2f} GB needed but {free / GB:.2f} GB free under "
+                f"{cache_root()}; free disk space or set DISTILLKIT_CACHE elsewhere")
+    return None
+
+
 def feature_spec(teacher: ModelBundle, loss: KDLoss, dtype: str) -> FeatureSpec | None:
     """The features the loss reads from the teacher, or None when it reads none."""
     wanted = loss.teacher_features()
@@ -124,24 +139,9 @@ def feature_spec(teacher: ModelBundle, loss: KDLoss, dtype: str) -> FeatureSpec 
                        int(config.num_attention_heads))
 
 
-def over_budget(size: int, missing: int, max_gb: float) -> str | None:
-    """Why entries of ``size`` bytes (``missing`` of them not yet on disk) are not cached, in
-    words, or None when they fit the budget and the free disk."""
-    if size > max_gb * GB:
-        return (f"{size / GB:.2f} GB > trainer.feature_cache_max_gb={max_gb:g}; raise it to "
-                "cache them")
-    cache_root().mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(cache_root()).free
-    if missing > 0.9 * free:
-        return (f"{missing / GB:.2f} GB needed but {free / GB:.2f} GB free under "
-                f"{cache_root()}; free disk space or set DISTILLKIT_CACHE elsewhere")
-    return None
-
-
 def feature_entry(base_key: str, spec: FeatureSpec) -> Path:
     """The entry of ``spec``'s features for the examples and teacher ``base_key`` names."""
-    digest = hashlib.sha256(f"{base_key}|{json.dumps(spec.as_dict(), sort_keys=True)}".encode())
-    return cache_root() / "teacher_features" / digest.hexdigest()[:24]
+    return keyed_entry("teacher_features", base_key, spec.as_dict())
 
 
 def cache_teacher_features(teacher: ModelBundle, loss: KDLoss, data: TextClassificationData,

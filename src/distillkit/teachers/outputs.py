@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +46,32 @@ def weights_digest(teacher: ModelBundle) -> hashlib._Hash:
     return digest
 
 
-def split_key(weights: hashlib._Hash, data: TextClassificationData, role: str,
-         dtype: torch.dtype | None) -> str:
-    """Cache key: the teacher's weights digest plus the split's token ids and preprocessing."""
+def ids_key(weights: hashlib._Hash, columns: Iterable[Iterable[Sequence[int]]],
+            max_length: int | None, dtype: torch.dtype | None) -> str:
+    """Cache key: the teacher's weights digest plus token-id rows (each column's rows in
+    order), ``max_length`` and the teacher's precision."""
     digest = weights.copy()
-    ds = data.tokenized[role]
-    for column in ("input_ids", "token_type_ids"):
-        if column in ds.column_names:
-            for ids in ds[column]:
-                digest.update(np.asarray(ids, dtype=np.int32).tobytes())
-                digest.update(b"|")
-    digest.update(f"{data.max_length}|weights:{dtype or torch.float32}".encode())
+    for rows in columns:
+        for ids in rows:
+            digest.update(np.asarray(ids, dtype=np.int32).tobytes())
+            digest.update(b"|")
+    digest.update(f"{max_length}|weights:{dtype or torch.float32}".encode())
     return digest.hexdigest()[:24]
+
+
+def split_key(weights: hashlib._Hash, data: TextClassificationData, role: str,
+              dtype: torch.dtype | None) -> str:
+    """Cache key: the teacher's weights digest plus the split's token ids and preprocessing."""
+    ds = data.tokenized[role]
+    columns = [ds[c] for c in ("input_ids", "token_type_ids") if c in ds.column_names]
+    return ids_key(weights, columns, data.max_length, dtype)
+
+
+def keyed_entry(folder: str, base_key: str, spec: dict[str, Any]) -> Path:
+    """The cache directory ``<cache>/<folder>/<key>`` of an entry derived from a split's key
+    (:func:`split_key` or :func:`ids_key`) and what the entry stores (``spec``)."""
+    digest = hashlib.sha256(f"{base_key}|{json.dumps(spec, sort_keys=True)}".encode())
+    return cache_root() / folder / digest.hexdigest()[:24]
 
 
 def attach_teacher_logits(teacher: ModelBundle, data: TextClassificationData,
