@@ -110,6 +110,8 @@ class CausalLMData:
         self.max_new_tokens = int(max_new_tokens)
         self.encoding = encoding
         self.raw: dict[str, Dataset] = {}
+        self.origin: dict[str, list[int]] = {}  # per role, each row's number in its split
+        self.carved = False  # the eval split was carved from train
         self.encoded: dict[str, list[Encoded]] = {}
         self.tokenizer: PreTrainedTokenizerBase | None = None
 
@@ -138,9 +140,12 @@ class CausalLMData:
             raise DataError(f"split '{names['train']}' (data.train_split) not found; available: "
                             f"{', '.join(data)}")
         train = data[names["train"]]
-        if names["eval"] not in data:
-            train, carved = self._carve(train)
-            data = DatasetDict({**data, names["eval"]: carved})
+        origin = {}
+        self.carved = names["eval"] not in data
+        if self.carved:
+            kept, carved = self._carve(len(train))
+            train, origin["train"], origin["eval"] = train.select(kept), kept, carved
+            data = DatasetDict({**data, names["eval"]: data[names["train"]].select(carved)})
         for role, split in names.items():
             if split is None or (role == "test" and split not in data):
                 self.split_names[role] = None
@@ -149,24 +154,26 @@ class CausalLMData:
             limit = self.limits[role]
             if limit is not None and limit < len(ds):
                 ds = ds.select(range(int(limit)))
+            self.origin[role] = origin.get(role, list(range(len(ds))))[:len(ds)]
             if len(ds) == 0:
                 raise DataError(f"split '{split}' (data.{role}_split) has no rows")
             self._check_columns(ds, split)
             self.raw[role] = ds
             log.info("%s split '%s': %d examples (%s)", role, split, len(ds), self.format)
 
-    def _carve(self, train: Dataset) -> tuple[Dataset, Dataset]:
-        n = int(round(len(train) * self.validation_fraction))
-        if n < 1 or n >= len(train):
+    def _carve(self, rows: int) -> tuple[list[int], list[int]]:
+        """The train rows kept and the ones carved into the eval split."""
+        n = int(round(rows * self.validation_fraction))
+        if n < 1 or n >= rows:
             raise DataError(
                 f"there is no split '{self.split_names['eval']}' (data.eval_split) and "
-                f"data.validation_fraction={self.validation_fraction} of {len(train)} training "
+                f"data.validation_fraction={self.validation_fraction} of {rows} training "
                 "rows carves none; give an eval split or raise data.validation_fraction")
-        order = list(range(len(train)))
+        order = list(range(rows))
         random.Random(self.split_seed).shuffle(order)
         log.info("no '%s' split: %d of %d training rows carved into it (seed %d)",
-                 self.split_names["eval"], n, len(train), self.split_seed)
-        return train.select(sorted(order[n:])), train.select(sorted(order[:n]))
+                 self.split_names["eval"], n, rows, self.split_seed)
+        return sorted(order[n:]), sorted(order[:n])
 
     def _check_columns(self, ds: Dataset, split: str) -> None:
         where = self._files().get(split)
@@ -207,10 +214,10 @@ class CausalLMData:
         self.prepare()
         self.tokenizer = tokenizer
         for role, ds in self.raw.items():
-            split = self.split_names[role]
+            split = self._source_split(role)
             where = self._files().get(split)
-            rows, dropped = [], 0
-            for i, row in enumerate(ds):
+            rows, dropped, kept = [], 0, []
+            for i, row in zip(self.origin[role], ds, strict=True):
                 try:
                     ex = self._encode(row, split, i)
                 except DataError as exc:
@@ -221,6 +228,7 @@ class CausalLMData:
                     dropped += 1
                     continue
                 rows.append(Encoded(ids, labels, min(ex.prompt_length, len(ids))))
+                kept.append(i)
             if dropped:
                 log.warning("split '%s': %d example(s) have nothing to learn within "
                             "data.max_length=%d tokens (prompt too long) and are left out",
@@ -228,12 +236,19 @@ class CausalLMData:
             if not rows:
                 raise DataError(f"split '{split}' has no example with a token to learn within "
                                 f"data.max_length={self.max_length}; raise data.max_length")
-            self.encoded[role] = rows
+            self.encoded[role], self.origin[role] = rows, kept
+
+    def _source_split(self, role: str) -> str:
+        """The split a role's rows come from (an eval split carved from train: train)."""
+        return self.split_names["train"] if role == "eval" and self.carved \
+            else self.split_names[role]
 
     def row_ids(self, role: str) -> list[str]:
-        """A stable id per example of a split: ``<split>/<row>``; with
-        :meth:`fingerprint`, what a teacher-output cache keys its entries by."""
-        return [f"{self.split_names[role]}/{i}" for i in range(len(self.encoded[role]))]
+        """A stable id per example of a split, ``<source split>/<row in it>`` (batches carry
+        the position in this list as :data:`ROW`); with :meth:`fingerprint`, what a
+        teacher-output cache keys its entries by."""
+        split = self._source_split(role)
+        return [f"{split}/{i}" for i in self.origin[role]]
 
     def fingerprint(self, role: str) -> str:
         """A hash of the split's tokens and labels (changes when the data or tokenizer do)."""

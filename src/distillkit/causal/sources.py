@@ -34,7 +34,7 @@ _ADJECTIVES = ("red", "blue", "big", "small", "happy", "old")
 def _tiny_row(rng: random.Random) -> dict:
     subject, verb = rng.choice(_SUBJECTS), rng.choice(_VERBS)
     place = f"the {rng.choice(_ADJECTIVES)} {rng.choice(_PLACES)}"
-    prompt = f"where does {subject} {verb.rstrip('s')} ?"
+    prompt = f"where is {subject} ?"
     response = f"{subject} {verb} in {place} ."
     return {"text": f"{subject} {verb} in {place} and {rng.choice(_SUBJECTS)} "
                     f"{rng.choice(_VERBS)} on the {rng.choice(_PLACES)} .",
