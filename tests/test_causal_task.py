@@ -139,3 +139,19 @@ def test_a_finetune_key_on_the_causal_teacher_is_refused():
     cfg.general = None
     with pytest.raises(ConfigError, match="teacher as given and never fine-tunes it; remove teacher.finetune"):
         CausalLMTask("causal_lm", {"distil": []}).check(cfg, SINGLE)
+
+
+def test_causal_hub_remote_code_from_a_config_file_is_refused(compose_cfg):
+    """teacher=causal_hub goes through the same checks as teacher=hub: trust_remote_code=true
+    counts only when given on the command line."""
+    from distillkit.errors import UnsafeConfigError
+    from distillkit.security.safety import OptIns, check_config
+
+    cfg = compose_cfg(["experiment=tiny_causal_lm", "teacher=causal_hub",
+                       "teacher.name_or_path=some/model"])
+    check_config(cfg, OptIns())
+    cfg.teacher.trust_remote_code = True  # as an experiment file would set it
+    with pytest.raises(UnsafeConfigError, match="teacher.trust_remote_code=True comes from a "
+                                                "config file"):
+        check_config(cfg, OptIns())
+    check_config(cfg, OptIns(remote_code=frozenset({"teacher.trust_remote_code"})))
