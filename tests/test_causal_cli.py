@@ -113,3 +113,19 @@ def test_bad_data_file_is_one_error_line(tmp_path, case):
 def test_mixed_task_options_are_one_error_line(tmp_path, args, phrases):
     proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
     one_error_line(proc.returncode, proc.stdout + proc.stderr, phrases)
+
+
+def test_a_killed_run_resumes_from_the_wrapped_students_checkpoint(tiny_run, tmp_path):
+    """The loop checkpoints the lean wrapper; a run killed after step 3 resumes from step 2's
+    checkpoint and ends exactly where the uninterrupted run did."""
+    run_dir = tmp_path / "run"
+    args = ["experiment=tiny_causal_lm", *FAST, "trainer.checkpoint_every_steps=2",
+            f"hydra.run.dir={run_dir}"]
+    killed = run_cli(args, cwd=tmp_path, env={"DISTILLKIT_TEST_KILL_AT_STEP": "3"})
+    assert killed.returncode != 0 and not (run_dir / "metrics.json").exists()
+    _ok(run_cli([*args, "resume=auto"], cwd=tmp_path))
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    plain = json.loads((tiny_run / "metrics.json").read_text())
+    assert resumed["resumed_from"]["step"] == 2
+    assert resumed["student"]["perplexity"] == pytest.approx(plain["student"]["perplexity"],
+                                                             rel=1e-5)
