@@ -153,3 +153,19 @@ def test_batch_keys_for_the_loss_never_reach_the_model():
     data = data_of([{"text": "the dog runs ."}], format="text", test_split=None)
     batch = next(iter(data.loader("train", batch_size=1)))
     assert set(model_inputs(batch, torch.device("cpu"))) == {"input_ids", "attention_mask"}
+
+
+def test_files_or_hub_reads_files_or_a_hub_name(tmp_path, monkeypatch):
+    from distillkit.causal import sources
+
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"text": "the dog runs ."}\n')
+    assert sources.files_or_hub(train=str(train))["train"]["text"] == ["the dog runs ."]
+    asked = []
+    monkeypatch.setattr(sources, "hub_dataset", lambda *a: asked.append(a) or DatasetDict())
+    sources.files_or_hub(hub="wikitext", hub_config="wikitext-2-raw-v1")
+    assert asked == [("wikitext", "wikitext-2-raw-v1", None)]
+    with pytest.raises(DataError, match="set data.source.train=<file>.*data.source.hub="):
+        sources.files_or_hub()
+    with pytest.raises(DataError, match="not both"):
+        sources.files_or_hub(train=str(train), hub="wikitext")

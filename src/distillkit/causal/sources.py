@@ -9,8 +9,9 @@
   ``Write a sentence that follows from: <premise>`` -> the entailed hypothesis.
 
 SNLI (Bowman et al., 2015) is licensed CC BY-SA 4.0: text derived from it carries that licence.
-Local files and hub datasets use the shared sources (``distillkit.data.local_files``,
-``distillkit.data.hub_dataset``).
+* :func:`files_or_hub`: local files, one per split, or a datasets hub name (the
+  ``causal_text``, ``causal_pairs`` and ``causal_chat`` options), through the shared readers
+  (:func:`distillkit.data.local_files`, :func:`distillkit.data.hub_dataset`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import random
 
 from datasets import Dataset, DatasetDict
 
-from distillkit.data.sources import read_rows
-from distillkit.errors import ConfigError
+from distillkit.data.sources import hub_dataset, local_files, read_rows
+from distillkit.errors import ConfigError, DataError
 from distillkit.runtime.assets import asset_path
 
 PAIR_INSTRUCTION = "Write a sentence that follows from: "
@@ -29,6 +30,35 @@ _SUBJECTS = ("a man", "a woman", "the dog", "the cat", "a child", "the girl", "t
 _VERBS = ("runs", "sits", "eats", "plays", "sleeps", "reads", "walks", "jumps")
 _PLACES = ("park", "house", "street", "garden", "beach", "room")
 _ADJECTIVES = ("red", "blue", "big", "small", "happy", "old")
+
+
+def files_or_hub(train: str | None = None, validation: str | None = None,
+                 test: str | None = None, format: str | None = None,  # noqa: A002
+                 hub: str | None = None, hub_config: str | None = None,
+                 revision: str | None = None) -> DatasetDict:
+    """Local jsonl/json/csv/tsv files, one per split, or a dataset from the hub.
+
+    Args:
+        train: the training file.
+        validation: the validation file (None: carved from train by the data module).
+        test: the test file (None: the final evaluation is on validation).
+        format: the files' format (None: from the suffix).
+        hub: a datasets hub name instead of files (``wikitext``), with its splits.
+        hub_config: the hub dataset's configuration (``wikitext-2-raw-v1``).
+        revision: the hub dataset's revision.
+
+    Raises:
+        DataError: neither files nor a hub name, or both.
+    """
+    if hub is not None:
+        if train or validation or test:
+            raise DataError(f"data.source.hub={hub} and data.source.train/validation/test are "
+                            "both set; give files or a hub dataset, not both")
+        return hub_dataset(hub, hub_config, revision)
+    if not train:
+        raise DataError("data.source names no data; set data.source.train=<file> (and "
+                        "validation/test files), or data.source.hub=<datasets hub name>")
+    return local_files(train, validation, test, format)
 
 
 def _tiny_row(rng: random.Random) -> dict:

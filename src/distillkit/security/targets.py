@@ -52,7 +52,7 @@ TASK = (
     "distillkit.causal.models.hub_causal_lm", "distillkit.causal.models.small_llama_student",
     "distillkit.causal.copied.copied_causal_student", "distillkit.causal.tiny.tiny_llama",
     "distillkit.causal.sources.tiny_text", "distillkit.causal.sources.snli_text",
-    "distillkit.causal.sources.snli_pairs",
+    "distillkit.causal.sources.snli_pairs", "distillkit.causal.sources.files_or_hub",
     # optimizers (trainer.optimizer, a _partial_ called with the parameters)
     "torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD", "torch.optim.Adagrad",
     "torch.optim.Adadelta", "torch.optim.Adamax", "torch.optim.RMSprop", "torch.optim.RAdam",
