@@ -110,3 +110,54 @@ def test_intermediate_presets_pick_uniform_mapping_unless_overridden(compose_cfg
 def test_intermediate_keys_are_typed(compose_cfg):
     with pytest.raises(ConfigCompositionException, match="intermediate_phase"):
         compose_cfg(["loss=tinybert", "loss.intermediate_phase=half"])
+
+
+# every option of the groups a task checks, with the task its _target_ belongs to
+TASK_GROUPS = ("teacher", "student", "data", "loss")
+CAUSAL = [(g, o) for g, o in OPTIONS if g in TASK_GROUPS and any(
+    mark in (CONF / g / f"{o}.yaml").read_text()
+    for mark in ("distillkit.causal.", "causal_data_schema", "causal_loss_schema", "- causal_kd"))]
+
+
+def test_the_causal_options_are_found():
+    assert {("teacher", "smollm2"), ("teacher", "causal_hub"), ("student", "smollm2_copy"),
+            ("student", "smollm2_small"), ("data", "causal_chat"), ("data", "snli_pairs"),
+            ("loss", "causal_kd"), ("loss", "causal_ce")} <= set(CAUSAL)
+
+
+@pytest.mark.parametrize(("group", "option"), CAUSAL, ids=[f"{g}={o}" for g, o in CAUSAL])
+def test_every_causal_option_composes_under_task_causal_lm_and_belongs_to_it(compose_cfg, group,
+                                                                             option):
+    """Each causal option composes with task=causal_lm, and task=causal_lm owns it (its
+    _target_ carries the task's option prefix)."""
+    from hydra.utils import instantiate
+
+    from distillkit.tasks.base import option_owner
+    from distillkit.tasks.causal_lm import CausalLMTask
+
+    cfg = compose_cfg(["experiment=tiny_causal_lm", f"{group}={option}"])
+    assert cfg.task.name == "causal_lm"
+    assert option_owner(str(cfg[group]._target_)) is CausalLMTask
+    assert isinstance(instantiate(cfg.task, _convert_="all"), CausalLMTask)
+
+
+@pytest.mark.parametrize(("option", "divergence", "extra"), [
+    ("causal_kd", "fkl", {}), ("causal_rkl", "rkl", {}), ("causal_jsd", "jsd", {"beta": 0.5}),
+    ("causal_tvd", "tvd", {}), ("causal_skew_kl", "skl", {"skew": 0.1}),
+    ("causal_ce", "fkl", {"alpha": 0.0})])
+def test_causal_loss_shortcuts_and_typed_keys(compose_cfg, option, divergence, extra):
+    cfg = compose_cfg([f"loss={option}"])
+    assert cfg.loss.divergence == divergence and cfg.loss.temperature == 1.0
+    assert all(cfg.loss[k] == v for k, v in extra.items())
+    with pytest.raises(ConfigCompositionException, match="temprature"):
+        compose_cfg([f"loss={option}", "loss.temprature=2"])
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg([f"loss={option}", "loss.beta=wide"])
+    assert isinstance(err.value.__cause__, ValidationError)
+
+
+def test_causal_data_keys_are_typed(compose_cfg):
+    cfg = compose_cfg(["data=snli_pairs", "data.max_train_examples=50"])
+    assert cfg.data.max_train_examples == 50 and cfg.data.format == "pairs"
+    with pytest.raises(ConfigCompositionException, match="max_train_example"):
+        compose_cfg(["data=snli_pairs", "data.max_train_example=50"])

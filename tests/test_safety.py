@@ -152,7 +152,7 @@ def test_no_pickles_and_no_remote_code_by_default():
     for path in SRC.rglob("*.py"):
         text = path.read_text()
         assert "trust_remote_code=True" not in text and "allow_pickle=True" not in text, path
-    for name in ("teacher/hub.yaml", "student/hub.yaml"):
+    for name in ("teacher/hub.yaml", "student/hub.yaml", "teacher/causal_hub.yaml"):
         assert OmegaConf.load(CONF / name).trust_remote_code is False
 
 

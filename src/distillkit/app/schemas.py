@@ -156,6 +156,46 @@ class Seq2SeqDataSchema:
 
 
 @dataclass
+class CausalLossSchema:
+    """Token-level KD of a causal LM (``task=causal_lm``, :func:`distillkit.causal.losses.
+    causal_kd`): ``total = alpha * scale(T) * D + (1 - alpha) * CE`` per learnt token."""
+
+    _target_: str = "distillkit.causal.losses.causal_kd"
+    divergence: str = "fkl"  # fkl | rkl | jsd | tvd | skl | srkl
+    temperature: float = 1.0
+    alpha: float = 0.5
+    beta: float = 0.5  # generalised JSD's mixture (divergence=jsd)
+    skew: float = 0.1  # skew KL / skew reverse KL's mixture (skl, srkl)
+    chunk_tokens: int = 256  # tokens per chunk of the loss (memory against speed)
+
+
+@dataclass
+class CausalDataSchema:
+    """Keys of :class:`distillkit.causal.data.CausalLMData` (``task=causal_lm``)."""
+
+    _target_: str = "distillkit.causal.data.CausalLMData"
+    source: Any = None
+    format: str = "text"  # text | pairs | chat
+    text_column: str = "text"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    messages_column: str = "messages"
+    separator: str = " "
+    chat_template: bool = False  # format=pairs through the tokenizer's chat template
+    train_split: str = "train"
+    eval_split: str = "validation"
+    test_split: Optional[str] = "test"  # noqa: UP045
+    max_length: int = 128
+    max_train_examples: Optional[int] = None  # noqa: UP045
+    max_eval_examples: Optional[int] = None  # noqa: UP045
+    validation_fraction: float = 0.1
+    split_seed: int = 0
+    num_generations: int = 8  # held-out prompts both models answer (generations.jsonl)
+    max_new_tokens: int = 32
+    encoding: str = "utf-8"  # local files' text encoding (distillkit.data.checks)
+
+
+@dataclass
 class ExportSchema:
     """The ``export`` section: what ``mode=export_logits`` writes (distillkit.teachers.export).
 
@@ -183,3 +223,5 @@ def register_schemas() -> None:
     cs.store(group="loss", name="seq2seq_loss_schema", node=Seq2SeqLossSchema)
     cs.store(group="loss", name="step_by_step_schema", node=StepByStepSchema)
     cs.store(group="data", name="seq2seq_data_schema", node=Seq2SeqDataSchema)
+    cs.store(group="loss", name="causal_loss_schema", node=CausalLossSchema)
+    cs.store(group="data", name="causal_data_schema", node=CausalDataSchema)

@@ -102,7 +102,9 @@ class _Teacher:
         picked = self.flat[rows.to(self.flat.device)]
         if isinstance(self.source, LMHeadInput):
             with torch.no_grad():
-                picked = F.linear(picked, self.source.weight.detach(),
+                # the hidden states may be float32 copies of a bf16/fp16 teacher's
+                weight = self.source.weight.detach()
+                picked = F.linear(picked.to(weight.dtype), weight,
                                   None if self.source.bias is None else self.source.bias.detach())
         return picked.to(device)
 

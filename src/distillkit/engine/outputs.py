@@ -15,10 +15,14 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
 
 def plain_outputs(out) -> dict:
     """Model outputs as ordinary float32 tensors: ``logits`` and, when present, the
-    ``hidden_states`` / ``attentions`` tuples (a bf16/fp16 teacher's too)."""
+    ``hidden_states`` / ``attentions`` tuples (a bf16/fp16 teacher's too). A module among the
+    outputs (a causal LM's output layer, which the loss applies to the last hidden states
+    chunk by chunk: :mod:`distillkit.causal.lean`) is passed through as it is."""
     plain = {}
     for key, value in out.items():
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, nn.Module):
+            plain[key] = value
+        elif isinstance(value, torch.Tensor):
             plain[key] = _plain(value)
         elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
             plain[key] = tuple(_plain(v) for v in value)

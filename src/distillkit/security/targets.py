@@ -46,6 +46,13 @@ TASK = (
     "distillkit.seq2seq.t5_from_scratch", "distillkit.seq2seq.bert2bert_minilm",
     "distillkit.seq2seq.arith_word_problems",
     "distillkit.tasks.classification.ClassificationTask", "distillkit.tasks.seq2seq.Seq2SeqTask",
+    # task=causal_lm (distillkit.causal)
+    "distillkit.tasks.causal_lm.CausalLMTask", "distillkit.causal.data.CausalLMData",
+    "distillkit.causal.losses.causal_kd", "distillkit.causal.models.smollm2_teacher",
+    "distillkit.causal.models.hub_causal_lm", "distillkit.causal.models.small_llama_student",
+    "distillkit.causal.copied.copied_causal_student", "distillkit.causal.tiny.tiny_llama",
+    "distillkit.causal.sources.tiny_text", "distillkit.causal.sources.snli_text",
+    "distillkit.causal.sources.snli_pairs", "distillkit.causal.sources.files_or_hub",
     # optimizers (trainer.optimizer, a _partial_ called with the parameters)
     "torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD", "torch.optim.Adagrad",
     "torch.optim.Adadelta", "torch.optim.Adamax", "torch.optim.RMSprop", "torch.optim.RAdam",

@@ -28,7 +28,6 @@ from distillkit.runtime.checkpoint import (
     load_checkpoint,
 )
 from distillkit.runtime.io import write_json
-from distillkit.teachers.setup import live_teacher
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +97,9 @@ class DistilStage:
             if ctx.dist.is_main else None
         if cfg.trainer.get("freeze"):
             freeze_parameters(ctx.student.model, list(cfg.trainer.freeze), "trainer.freeze")
-        teacher = None
-        if not ctx.cached_logits and ctx.loss.needs_teacher:  # else batches carry its logits
-            teacher = live_teacher(ctx.teacher, ctx.loss)
+        student, teacher = task.train_modules(ctx)
         ctx.distiller = Distiller(
-            student=ctx.student.model, teacher=teacher, loss=ctx.loss,
+            student=student, teacher=teacher, loss=ctx.loss,
             optimizer_factory=instantiate(cfg.trainer.optimizer),
             scheduler_factory=instantiate(cfg.trainer.scheduler),
             settings=settings, writer=ctx.writer, checkpoints=checkpoints,

@@ -7,30 +7,46 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig
+from torch import nn
 
 from distillkit.errors import ConfigError
 from distillkit.models import ModelBundle
 from distillkit.pipeline.context import Evaluation, RunContext
+from distillkit.teachers.setup import live_teacher
 
 # How the engine evaluates the student during training: (model, eval source, desc) -> metrics
 # keyed by metric name (the task's headline metric among them).
 Evaluator = Callable[[Any, Any, str], dict[str, Any]]
-SEQ2SEQ_PREFIX = "distillkit.seq2seq."
 OPTION_GROUPS = ("teacher", "student", "data", "loss")
+# Every Task subclass, registered when its module is imported (distillkit.tasks imports them
+# all): which task owns an option is looked up here.
+_TASK_CLASSES: list[type[Task]] = []
 
 
-def check_options(cfg: DictConfig, task: str) -> None:
-    """Refuses a mix of classification and seq2seq options, naming the option and the fix."""
+def option_owner(target: str) -> type[Task] | None:
+    """The task class whose options ``target`` belongs to: the one whose
+    :attr:`Task.option_prefixes` it starts with, else the task that claims no prefix (the
+    options of no other task are its own)."""
+    default = None
+    for cls in _TASK_CLASSES:
+        if not cls.option_prefixes:
+            default = cls
+        elif target.startswith(cls.option_prefixes):
+            return cls
+    return default
+
+
+def check_options(cfg: DictConfig, task: Task) -> None:
+    """Refuses an option of the teacher, student, data or loss group that belongs to another
+    task, naming the option, the task it is for and the fix."""
     for group in OPTION_GROUPS:
         target = str(cfg[group].get("_target_", ""))
-        seq2seq = target.startswith(SEQ2SEQ_PREFIX)
-        if seq2seq != (task == "seq2seq"):
-            kind = "a seq2seq" if seq2seq else "a classification"
-            fix = ("add task=seq2seq" if seq2seq else
-                   "pick a seq2seq option (teacher=t5_small_scratch|bert2bert_minilm|t5_hub|"
-                   "flan_t5|marian, student=t5_tiny, data=arith, loss=seq_word_kd|seq_kd|"
-                   "step_by_step) or an experiment=arith_*")
-            raise ConfigError(f"{group} ({target}) is {kind} option but task={task}; {fix}")
+        owner = option_owner(target)
+        if owner is None or isinstance(task, owner) or owner.option_task == task.option_task:
+            continue
+        raise ConfigError(f"{group} ({target}) is a {owner.option_task} option but "
+                          f"task={task.name}; add task={owner.option_task}, or pick "
+                          f"{task.option_hint}")
 
 
 class Task(ABC):
@@ -40,6 +56,16 @@ class Task(ABC):
         name: the task's name (``task=<name>``).
         pipeline: the stage names per mode (``{"distil": [...], "export_logits": [...]}``).
     """
+
+    #: The ``_target_`` prefixes of this task's own options (``()``: every option no other
+    #: task claims), the ``task=<name>`` that owns them, and the options to suggest instead.
+    option_prefixes: tuple[str, ...] = ()
+    option_task: str = ""
+    option_hint: str = "an option of this task"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _TASK_CLASSES.append(cls)
 
     def __init__(self, name: str, pipeline: Mapping[str, Sequence[str]]) -> None:
         self.name = name
@@ -56,7 +82,7 @@ class Task(ABC):
         """Cheap checks of the config against the task, before anything is built: every
         option of the teacher, student, data and loss groups is one of this task's, and
         ``general`` is on only where the task's pipeline has a general stage."""
-        check_options(cfg, self.name)
+        check_options(cfg, self)
         general = cfg.get("general")
         if general is not None and general.get("enabled", False) and not any(
                 "general" in names for names in self.pipeline.values()):
@@ -102,6 +128,14 @@ class Task(ABC):
     @abstractmethod
     def build_student(self, ctx: RunContext) -> None:
         """Builds the student on the teacher as trained (``ctx.student``, ``ctx.pairs``)."""
+
+    def train_modules(self, ctx: RunContext) -> tuple[nn.Module, nn.Module | None]:
+        """The student and teacher modules the loop runs: the student model, and the live
+        teacher when the loss reads it and the batches do not carry its outputs."""
+        teacher = None
+        if not ctx.cached_logits and ctx.loss.needs_teacher:  # else batches carry its logits
+            teacher = live_teacher(ctx.teacher, ctx.loss)
+        return ctx.student.model, teacher
 
     @abstractmethod
     def train_loader(self, ctx: RunContext) -> Any:

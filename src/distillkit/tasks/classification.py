@@ -50,6 +50,11 @@ def student_and_pairs(cfg: DictConfig, teacher: ModelBundle, labels: list[str], 
 class ClassificationTask(Task):
     """Distils a sequence classifier into a smaller one, judged by accuracy."""
 
+    option_prefixes = ()  # every option that no other task claims
+    option_task = "classification"
+    option_hint = ("a classification option (teacher=minilm6|tiny|hub, student=copy3|bert4l|"
+                   "tiny, data=snli|files|tiny, loss=kd|hard|kl)")
+
     def metric(self, ctx: RunContext) -> str:
         return "accuracy"
 

@@ -36,6 +36,12 @@ TARGET_DETAILS = ("sequence_kd", "teacher_rationales", "teacher_labels")
 class Seq2SeqTask(Task):
     """Distils an ``AutoModelForSeq2SeqLM`` teacher into a smaller one, judged by generation."""
 
+    option_prefixes = ("distillkit.seq2seq.",)
+    option_task = "seq2seq"
+    option_hint = ("a seq2seq option (teacher=t5_small_scratch|bert2bert_minilm|t5_hub|flan_t5|"
+                   "marian, student=t5_tiny, data=arith|s2s_files, loss=seq_word_kd|seq_kd|"
+                   "step_by_step) or an experiment=arith_*")
+
     def check(self, cfg: DictConfig, dist: Any) -> None:
         super().check(cfg, dist)
         if dist.enabled:

@@ -1,0 +1,190 @@
+"""Causal-LM distillation (``task=causal_lm``): a decoder-only teacher into a smaller decoder,
+token by token; judged by held-out perplexity, agreement with the teacher and KL.
+
+The task's parts of the shared stages: data, evaluation and losses live in
+:mod:`distillkit.causal` (:mod:`~distillkit.causal.data`, :mod:`~distillkit.causal.evaluate`,
+:mod:`~distillkit.causal.losses`). The teacher is used as given (never fine-tuned here); the
+loop runs both models through :class:`~distillkit.causal.lean.LeanCausalLM` (last hidden
+states and the output layer, no full-vocabulary logits); the headline metric is
+``neg_perplexity`` (``-perplexity``: higher is better, as best-checkpoint selection and
+sweeps need); ``retention`` is ``teacher perplexity / student perplexity``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from transformers import set_seed
+
+from distillkit.causal.evaluate import generate_side_by_side, score_models
+from distillkit.causal.lean import LeanCausalLM
+from distillkit.causal.models import CausalBundle
+from distillkit.causal.vocab import align_vocab
+from distillkit.engine import frozen
+from distillkit.errors import ConfigError
+from distillkit.models import count_parameters
+from distillkit.pipeline.context import Evaluation, RunContext, TeacherPlan
+from distillkit.runtime.io import write_file
+from distillkit.tasks.base import Evaluator, Task
+
+log = logging.getLogger(__name__)
+METRIC = "neg_perplexity"
+GENERATIONS = "generations.jsonl"
+# teacher keys of the other tasks' teacher stage, which this task does not have
+_FINETUNE_KEYS = ("finetune", "finetune_settings")
+
+
+class CausalLMTask(Task):
+    """Distils a causal language model into a smaller one on the same tokenizer."""
+
+    option_prefixes = ("distillkit.causal.",)
+    option_task = "causal_lm"
+    option_hint = ("a causal_lm option (teacher=smollm2|causal_hub|tiny_llama, "
+                   "student=smollm2_copy|smollm2_small|tiny_llama_student, data=causal_text|"
+                   "causal_pairs|causal_chat|snli_text|snli_pairs|tiny_causal, loss=causal_kd|"
+                   "causal_rkl|causal_jsd|causal_tvd|causal_skew_kl|causal_ce) or "
+                   "experiment=tiny_causal_lm|smollm2_kd")
+
+    def check(self, cfg: DictConfig, dist: Any) -> None:
+        super().check(cfg, dist)
+        if dist.enabled:
+            raise ConfigError("task=causal_lm runs in one process for now; launch it without "
+                              "torchrun/accelerate")
+        set_keys = [k for k in _FINETUNE_KEYS if k in cfg.teacher]
+        if set_keys:
+            raise ConfigError(f"teacher.{set_keys[0]} is set, but task=causal_lm uses the "
+                              "causal teacher as given and never fine-tunes it; remove "
+                              f"teacher.{set_keys[0]}")
+
+    def metric(self, ctx: RunContext) -> str:
+        return METRIC
+
+    def build(self, ctx: RunContext) -> None:
+        """Data, the teacher as given, the student on it, the loss with the shared
+        vocabulary size (:func:`~distillkit.causal.vocab.align_vocab`: padding rows aligned,
+        other tokenizers refused); the data is tokenised with the teacher's tokenizer."""
+        cfg, settings = ctx.cfg, ctx.settings
+        ctx.data = data = instantiate(cfg.data)
+        ctx.teacher_plan = TeacherPlan(modes={"teacher": (False, None)})
+        set_seed(settings.seed)
+        teacher: CausalBundle = instantiate(OmegaConf.to_container(cfg.teacher, resolve=True))()
+        set_seed(settings.seed)  # the student starts alike in every run
+        student: CausalBundle = instantiate(cfg.student)(teacher=teacher)
+        vocab = align_vocab(student.vocab_size, teacher.vocab_size,
+                            student.tokenizer.get_vocab(), teacher.tokenizer.get_vocab())
+        ctx.loss = instantiate(cfg.loss, vocab_size=vocab)
+        ctx.details["vocab_size"] = vocab
+        data.tokenize(teacher.tokenizer)
+        ctx.teacher, ctx.student = teacher, student
+
+    def finetune(self, ctx: RunContext, teacher: CausalBundle, mode: Any,
+                 settings: Any) -> CausalBundle:
+        """The causal teacher is used as given."""
+        return teacher
+
+    def teacher_targets(self, ctx: RunContext) -> Any:
+        # The loop runs the live teacher. A cache of its top-k outputs attaches here: a collator
+        # that adds the cached entries to each batch by its ``loss_row`` (causal.data.ROW).
+        return "skipped"
+
+    def build_student(self, ctx: RunContext) -> None:
+        """The student was built with the teacher; the training RNG restarts from the seed."""
+        set_seed(ctx.settings.seed)
+        log.info("teacher: %s (%s params); student: %s (%s params); %d training examples, "
+                 "%d learnt tokens", ctx.teacher.name,
+                 f"{count_parameters(ctx.teacher.model):,}", ctx.student.name,
+                 f"{count_parameters(ctx.student.model):,}", len(ctx.data.encoded["train"]),
+                 ctx.data.num_tokens("train"))
+
+    def train_modules(self, ctx: RunContext) -> tuple[nn.Module, nn.Module | None]:
+        """Both models wrapped in :class:`~distillkit.causal.lean.LeanCausalLM` (the teacher
+        only when the loss reads it and the batches do not carry its outputs)."""
+        teacher = None
+        if not ctx.cached_logits and ctx.loss.needs_teacher:
+            teacher = LeanCausalLM(ctx.teacher.model)
+        return LeanCausalLM(ctx.student.model), teacher
+
+    def train_loader(self, ctx: RunContext) -> Any:
+        return ctx.data.loader("train", ctx.settings.batch_size, shuffle=True,
+                               seed=ctx.settings.seed)
+
+    def _batches(self, ctx: RunContext, role: str) -> list[dict]:
+        return list(ctx.data.loader(role, ctx.settings.eval_batch_size))
+
+    def evaluator(self, ctx: RunContext) -> tuple[Evaluator, Any] | None:
+        """The student's perplexity on the eval split (no teacher pass: cheap)."""
+        batches = self._batches(ctx, "eval")
+        vocab = ctx.details["vocab_size"]
+
+        def evaluate(model: Any, source: Any, desc: str) -> dict[str, Any]:
+            return score_models(ctx.student.model, None, source, ctx.distiller.device, vocab,
+                                student_dtype=ctx.distiller.autocast_dtype)["student"]
+        return evaluate, batches
+
+    def evaluate(self, ctx: RunContext) -> Evaluation:
+        data, distiller = ctx.data, ctx.distiller
+        role = "test" if data.has_split("test") else "eval"
+        device, vocab = distiller.device, ctx.details["vocab_size"]
+        teacher, student = ctx.teacher.model, ctx.student.model
+        frozen(teacher, device, distiller.teacher_dtype)
+        scores = score_models(student, teacher, self._batches(ctx, role), device, vocab,
+                              student_dtype=distiller.autocast_dtype)
+        prompts = data.prompts(role, data.num_generations)
+        rows, speed = generate_side_by_side(teacher, student, ctx.student.tokenizer, prompts,
+                                            data.max_new_tokens, device)
+        if ctx.dist.is_main:
+            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            write_file(ctx.out_dir / GENERATIONS, lambda fh: fh.write(text.encode()))
+        for who in ("teacher", "student"):
+            model = teacher if who == "teacher" else student
+            scores[who].update(params=count_parameters(model),
+                               generation_tokens_per_second=speed[who])
+            log.info("%s on %s: perplexity %.3f%s, %.1f generated tokens/s", who, role,
+                     scores[who]["perplexity"],
+                     "" if who == "teacher" else f", agreement {scores[who]['agreement']:.4f}, "
+                     f"KL {scores[who]['kl']:.4f}", speed[who])
+        validation = None
+        if self.objective(ctx.cfg, METRIC) == "validation":
+            validation = scores["student"] if role == "eval" else score_models(
+                student, None, self._batches(ctx, "eval"), device, vocab,
+                student_dtype=distiller.autocast_dtype)["student"]
+        return Evaluation(split=data.split_names[role], role=role, teacher=scores["teacher"],
+                          student=scores["student"], validation=validation)
+
+    def record(self, ctx: RunContext) -> dict[str, Any]:
+        ev, result, data, loss = ctx.evaluation, ctx.result, ctx.data, ctx.loss
+        metrics = {
+            "teacher": ev.teacher, "student": ev.student,
+            "retention": ev.teacher["perplexity"] / ev.student["perplexity"],
+            "params": {"teacher": ev.teacher["params"], "student": ev.student["params"]},
+            "eval_split": ev.split, "generations": GENERATIONS,
+            "loss": {"divergence": type(loss.divergence).__name__, "alpha": loss.alpha,
+                     "temperature": loss.temperature},
+            "vocab_size": ctx.details["vocab_size"],
+            "data": {"format": data.format, "max_length": data.max_length,
+                     "examples": {r: len(rows) for r, rows in data.encoded.items()},
+                     "tokens": {r: data.num_tokens(r) for r in data.encoded}},
+            "train": {"steps": result.steps, "epochs": result.epochs_completed,
+                      "examples": len(data.encoded["train"]),
+                      "seconds": round(result.train_seconds, 3),
+                      "last_losses": result.last_losses, "evals": result.evals},
+        }
+        if ev.validation is not None:
+            metrics["validation"] = {"split": data.split_names["eval"], "student": ev.validation}
+        return metrics
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        t, s = metrics["teacher"], metrics["student"]
+        return (f"summary: perplexity teacher {t['perplexity']:.3f}, student "
+                f"{s['perplexity']:.3f} (retention {metrics['retention']:.4f}); student "
+                f"agreement {s['agreement']:.4f}, KL {s['kl']:.4f} on {metrics['eval_split']} "
+                f"[{s['tokens']} tokens]")
+
+    def export_note(self) -> str:
+        return ("load it with AutoModelForCausalLM.from_pretrained, or "
+                "pipeline('text-generation', model=<dir>)")

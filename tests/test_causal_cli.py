@@ -1,0 +1,131 @@
+"""task=causal_lm through the real CLI: the tiny experiment end to end, a chat run from local
+files with a saved teacher, bad data files and mixed options as one error line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+from tests.conftest import one_error_line, run_cli
+
+pytestmark = pytest.mark.e2e
+
+FAST = ["trainer.max_steps=4", "trainer.eval_every_steps=2", "trainer.progress=false"]
+CHAT = [{"role": "user", "content": "where is the dog ?"},
+        {"role": "assistant", "content": "the dog sits in the park ."}]
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("causal")
+    run_dir = tmp / "run"
+    _ok(run_cli(["experiment=tiny_causal_lm", *FAST, f"hydra.run.dir={run_dir}"], cwd=tmp))
+    return run_dir
+
+
+def test_tiny_experiment_records_both_models_and_exports_a_loadable_student(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["task"] == "causal_lm" and metrics["metric"] == "neg_perplexity"
+    for who in ("teacher", "student"):
+        m = metrics[who]
+        assert m["perplexity"] > 1 and m["neg_perplexity"] == -m["perplexity"]
+        assert m["params"] > 0 and m["generation_tokens_per_second"] > 0
+        assert m["tokens"] == metrics["data"]["tokens"]["test"] > 0
+    assert 0 <= metrics["student"]["agreement"] <= 1 and metrics["student"]["kl"] > 0
+    assert metrics["params"]["teacher"] > metrics["params"]["student"]
+    assert metrics["stages"]["teacher"] == "as given"
+    assert metrics["stages"]["teacher_targets"] == "skipped"
+    assert set(metrics["train"]["last_losses"]) == {"kd", "hard", "total"}
+    assert [e["step"] for e in metrics["train"]["evals"]] == [2, 4]
+    assert metrics["objective"] == {"name": "final_neg_perplexity",
+                                    "value": metrics["student"]["neg_perplexity"]}
+    rows = [json.loads(line) for line in (tiny_run / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 4  # data.num_generations of data=tiny_causal
+    assert all(set(r) == {"prompt", "reference", "teacher", "student"} for r in rows)
+    assert rows[0]["prompt"].startswith("where is")
+    model = AutoModelForCausalLM.from_pretrained(tiny_run / "student")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_run / "student")
+    assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 16
+    generate = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    out = generate("where is the dog ?", max_new_tokens=3, do_sample=False)
+    assert out[0]["generated_text"].startswith("where is the dog ?")
+
+
+def test_chat_files_with_a_saved_teacher_and_cross_entropy_alone(tiny_run, tmp_path):
+    rows = [{"messages": [CHAT[0], {**CHAT[1], "content": f"the dog sits in the park {i} ."}]}
+            for i in range(20)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    _ok(run_cli(["task=causal_lm", "teacher=causal_hub",
+                 f"teacher.name_or_path={tiny_run / 'student'}", "student=tiny_llama_student",
+                 "data=causal_chat", f"data.source.train={train}", "data.num_generations=2",
+                 "data.max_new_tokens=4", "loss=causal_ce", *FAST, f"hydra.run.dir={run_dir}"],
+                cwd=tmp_path))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data"]["format"] == "chat" and metrics["eval_split"] == "validation"
+    assert metrics["data"]["examples"] == {"train": 18, "eval": 2}  # 10% carved from train
+    assert set(metrics["train"]["last_losses"]) == {"hard", "total"}  # the teacher never ran
+    assert metrics["loss"]["alpha"] == 0.0
+
+
+BAD_FILES = {
+    "malformed": ('{"text": "the dog"}\n{"text": "the cat\n', ["train.jsonl:2",
+                                                               "malformed JSON line"]),
+    "not_utf8": (b'{"text": "the caf\xe9"}\n', ["train.jsonl", "not valid utf-8",
+                                                "data.encoding"]),
+    "missing_column": ('{"body": "the dog runs ."}\n' * 4, ["column 'text'", "train.jsonl",
+                                                             "data.text_column", "body"]),
+    "empty_text": ('{"text": "the dog"}\n{"text": "  "}\n' * 4, ["train.jsonl", "row 1",
+                                                                 "column 'text'", "is empty"]),
+    "no_assistant": (json.dumps({"messages": [CHAT[0]]}) + "\n", ["train.jsonl", "row 0",
+                                                                   "no assistant turn"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_data_file_is_one_error_line(tmp_path, case):
+    content, phrases = BAD_FILES[case]
+    train = tmp_path / "train.jsonl"
+    (train.write_bytes if isinstance(content, bytes) else train.write_text)(content)
+    data = "data=causal_chat" if case == "no_assistant" else "data=causal_text"
+    proc = run_cli(["task=causal_lm", "teacher=tiny_llama", "student=tiny_llama_student",
+                    "loss=causal_kd", data, f"data.source.train={train}",
+                    f"data.source.validation={train}", f"hydra.run.dir={tmp_path / 'r'}"],
+                   cwd=tmp_path)
+    one_error_line(proc.returncode, proc.stdout + proc.stderr, phrases)
+
+
+@pytest.mark.parametrize(("args", "phrases"), [
+    (["experiment=tiny_causal_lm", "data=tiny"],
+     ["is a classification option but task=causal_lm", "data=causal_text"]),
+    (["teacher=tiny_llama", "student=tiny", "data=tiny"],
+     ["teacher (distillkit.causal.tiny.tiny_llama) is a causal_lm option but "
+      "task=classification", "add task=causal_lm"]),
+])
+def test_mixed_task_options_are_one_error_line(tmp_path, args, phrases):
+    proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    one_error_line(proc.returncode, proc.stdout + proc.stderr, phrases)
+
+
+def test_a_killed_run_resumes_from_the_wrapped_students_checkpoint(tiny_run, tmp_path):
+    """The loop checkpoints the lean wrapper; a run killed after step 3 resumes from step 2's
+    checkpoint and ends exactly where the uninterrupted run did."""
+    run_dir = tmp_path / "run"
+    args = ["experiment=tiny_causal_lm", *FAST, "trainer.checkpoint_every_steps=2",
+            f"hydra.run.dir={run_dir}"]
+    killed = run_cli(args, cwd=tmp_path, env={"DISTILLKIT_TEST_KILL_AT_STEP": "3"})
+    assert killed.returncode != 0 and not (run_dir / "metrics.json").exists()
+    _ok(run_cli([*args, "resume=auto"], cwd=tmp_path))
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    plain = json.loads((tiny_run / "metrics.json").read_text())
+    assert resumed["resumed_from"]["step"] == 2
+    assert resumed["student"]["perplexity"] == pytest.approx(plain["student"]["perplexity"],
+                                                             rel=1e-5)
