@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from functools import partial
@@ -183,10 +184,20 @@ RUN = [*TINY_RUN, "trainer.precision=fp32", "student.dropout=0", "trainer.max_st
 
 
 def _torchrun(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    """Runs the CLI under torchrun; a run that hangs (a collective only one rank calls) is
+    killed with its ranks after 300 s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DISTILLKIT_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", "-m", "distillkit", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "distillkit", *args]
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"torchrun hung: {(out + err)[-3000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 @pytest.mark.e2e
