@@ -183,10 +183,12 @@ RUN = [*TINY_RUN, "trainer.precision=fp32", "student.dropout=0", "trainer.max_st
        "trainer.eval_every_steps=4", "trainer.optimizer.lr=1e-2"]
 
 
-def _torchrun(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], cwd: Path, cache: Path,
+              extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Runs the CLI under torchrun; a run that hangs (a collective only one rank calls) is
     killed with its ranks after 300 s."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DISTILLKIT_CACHE": str(cache)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DISTILLKIT_CACHE": str(cache),
+           **(extra_env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", "-m", "distillkit", *args]
     with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
@@ -201,23 +203,33 @@ def _torchrun(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedPr
 
 
 @pytest.mark.e2e
-def test_torchrun_fsdp_run_matches_ddp_and_exports_a_plain_student(tmp_path):
+def test_torchrun_fsdp_run_killed_and_resumed_matches_ddp_and_exports_a_plain_student(
+        tmp_path):
+    """The real CLI under torchrun: a sharded run killed (SIGKILL) after step 5 and resumed
+    with resume=auto from its step-4 checkpoint ends with the uninterrupted DDP run's losses
+    and accuracy, and exports a student with the DDP run's weights."""
     from transformers import AutoModelForSequenceClassification
 
-    dirs = {}
-    for sharding in ("none", "fsdp"):
-        dirs[sharding] = tmp_path / sharding
-        proc = _torchrun([*RUN, f"trainer.sharding={sharding}",
-                          f"hydra.run.dir={dirs[sharding]}"], tmp_path, tmp_path / "cache")
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "FSDP: model FSDPBertForSequenceClassification sharded" in proc.stderr + proc.stdout
+    dirs = {s: tmp_path / s for s in ("none", "fsdp")}
+    cache = tmp_path / "cache"
+    proc = _torchrun([*RUN, f"hydra.run.dir={dirs['none']}"], tmp_path, cache)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    sharded = [*RUN, "trainer.sharding=fsdp", "trainer.checkpoint_every_steps=2",
+               f"hydra.run.dir={dirs['fsdp']}"]
+    killed = _torchrun(sharded, tmp_path, cache, {"DISTILLKIT_TEST_KILL_AT_STEP": "5"})
+    assert killed.returncode != 0 and not (dirs["fsdp"] / "metrics.json").exists()
+    proc = _torchrun([*sharded, "resume=auto"], tmp_path, cache)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "FSDP: model FSDPBertForSequenceClassification sharded" in output
     ddp, fsdp = (json.loads((dirs[s] / "metrics.json").read_text()) for s in ("none", "fsdp"))
+    assert fsdp["resumed_from"]["step"] == 4
     for name, value in ddp["train"]["last_losses"].items():
         assert _close(fsdp["train"]["last_losses"][name], value), name
     assert _close(fsdp["student"]["loss"], ddp["student"]["loss"])
     assert fsdp["student"]["accuracy"] == ddp["student"]["accuracy"]
-    plain, sharded = (AutoModelForSequenceClassification.from_pretrained(dirs[s] / "student")
-                      for s in ("none", "fsdp"))
-    sharded_state = sharded.state_dict()
+    plain, exported = (AutoModelForSequenceClassification.from_pretrained(dirs[s] / "student")
+                       for s in ("none", "fsdp"))
+    exported_state = exported.state_dict()
     for name, value in plain.state_dict().items():
-        assert _close(sharded_state[name], value), name
+        assert _close(exported_state[name], value), name
