@@ -1,4 +1,5 @@
-"""The loop's data parallelism: student and loss trained together under DDP.
+"""The loop's data parallelism: student and loss trained together under DDP, or sharded with
+FSDP (``trainer.sharding=fsdp``: :mod:`.sharding`).
 
 The loss may hold trainable parameters (projections of intermediate terms), so the module that
 :class:`~torch.nn.parallel.DistributedDataParallel` wraps holds both the student and the loss:
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from distillkit.engine import sharding
 from distillkit.runtime.distributed import DistEnv
 
 # The models' buffers (position ids) never change: no broadcast before every forward pass.
@@ -52,13 +54,20 @@ class ParallelStep:
         loss: the loss module, already on ``device``.
         device: the rank's device.
         dist: the run's ranks; a plain module call when not enabled.
+        sharded: shard student and loss with FSDP (:func:`.sharding.shard_model`) instead of
+            wrapping them in DDP (needs ``dist.enabled``).
     """
 
     def __init__(self, student: nn.Module, loss: nn.Module, device: torch.device,
-                 dist: DistEnv) -> None:
+                 dist: DistEnv, sharded: bool = False) -> None:
         self.dist = dist
+        self.sharded = sharded
         self.module: nn.Module = StudentAndLoss(student, loss)
-        if dist.enabled:
+        if sharded:
+            sharding.check_sharding("fsdp", dist.world_size if dist.enabled else 1)
+            sharding.shard_model(student)
+            sharding.shard_loss(loss)
+        elif dist.enabled:
             trainable_loss = any(p.requires_grad for p in loss.parameters())
             self.module = DistributedDataParallel(
                 self.module, device_ids=[device.index] if device.type == "cuda" else None,
@@ -86,7 +95,10 @@ class ParallelStep:
             The loss output and this rank's share weight (:meth:`DistEnv.shard_weight`).
         """
         weight = self.dist.shard_weight(int(batch["attention_mask"].shape[0]))
-        context = (self.module.no_sync() if self.dist.enabled and not sync else nullcontext())
+        context = nullcontext()
+        if self.dist.enabled and not sync:
+            context = (sharding.no_gradient_sync(self.module) if self.sharded
+                       else self.module.no_sync())
         with context:
             with autocast:
                 out = self.module(inputs, flags, teacher_out, batch)
@@ -102,3 +114,30 @@ class ParallelStep:
                                .to(next(iter(values.values())).device) for v in values.values()])
         stacked = self.dist.all_reduce(stacked * (weight / self.dist.world_size))
         return dict(zip(values, stacked.tolist(), strict=True))
+
+    def training_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Student, loss and optimizer states for a checkpoint: full state dicts, the same
+        format as an unsharded run's (a collective when sharded: every rank calls it; rank 0
+        gets the tensors)."""
+        inner = self._inner()
+        if not self.sharded:
+            return {"student": inner.student.state_dict(), "loss": inner.loss.state_dict(),
+                    "optimizer": optimizer.state_dict()}
+        return {"student": sharding.full_model_state(inner.student),
+                "loss": sharding.full_model_state(inner.loss),
+                "optimizer": sharding.full_optimizer_state(inner, optimizer)}
+
+    def load_training_state(self, state: dict[str, Any],
+                            optimizer: torch.optim.Optimizer) -> None:
+        """Loads :meth:`training_state`'s result (every rank reads the checkpoint)."""
+        inner = self._inner()
+        sharding.load_full_model_state(inner.student, state["student"])
+        sharding.load_full_model_state(inner.loss, state["loss"])
+        if self.sharded:
+            sharding.load_full_optimizer_state(inner, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+
+    def _inner(self) -> StudentAndLoss:
+        module = self.module
+        return module.module if isinstance(module, DistributedDataParallel) else module

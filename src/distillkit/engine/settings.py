@@ -67,6 +67,9 @@ class EngineSettings:
         num_workers: DataLoader worker processes.
         group_by_length: training batches group examples of similar length (random batches,
             far less padding; evaluation and inference batches are always length-sorted).
+        sharding: ``none`` (each rank holds whole models: DDP under a distributed launcher)
+            or ``fsdp`` (student, loss and teacher sharded over the ranks with FSDP2; needs
+            more than one process: :mod:`distillkit.engine.sharding`).
     """
 
     epochs: int = 1
@@ -88,6 +91,7 @@ class EngineSettings:
     progress: bool = True
     num_workers: int = 0
     group_by_length: bool = True
+    sharding: str = "none"
 
     def validate(self) -> None:
         """Raises ConfigError for out-of-range values."""
@@ -110,6 +114,8 @@ class EngineSettings:
             raise ConfigError(
                 f"trainer.precision='{self.precision}' is not one of {', '.join(PRECISIONS)}"
             )
+        if self.sharding not in ("none", "fsdp"):
+            raise ConfigError(f"trainer.sharding='{self.sharding}' is not one of none, fsdp")
         if self.teacher_precision not in PRECISIONS:
             raise ConfigError(f"trainer.teacher_precision='{self.teacher_precision}' is not one "
                               f"of {', '.join(PRECISIONS)}")

@@ -46,6 +46,7 @@ from distillkit.engine.resume import (
     restore_rng,
 )
 from distillkit.engine.settings import EngineSettings
+from distillkit.engine.sharding import gathered, related_roots, shard_model
 from distillkit.errors import TrainingError
 from distillkit.losses.contract import KDLoss
 from distillkit.runtime.distributed import SINGLE, DistEnv
@@ -121,7 +122,10 @@ class Distiller:
             for model in (self.student, self.teacher):
                 if model is not None:  # in place: state_dict keys and the class stay the same
                     model.compile(dynamic=True, backend=settings.compile_backend)
-        self.parallel = ParallelStep(self.student, self.loss, self.device, dist)
+        self.parallel = ParallelStep(self.student, self.loss, self.device, dist,
+                                     sharded=settings.sharding == "fsdp" and dist.enabled)
+        if self.parallel.sharded and self.teacher is not None:
+            shard_model(self.teacher, frozen=True)
         self.optimizer_factory = optimizer_factory
         self.scheduler_factory = scheduler_factory
         self.writer = writer if dist.is_main else None
@@ -189,8 +193,11 @@ class Distiller:
         floating = next((p for p in model.parameters() if p.is_floating_point()), None)
         dtype = self.autocast_dtype if floating is None or floating.dtype == torch.float32 \
             else None
-        return evaluate(model, loader, self.device, dtype, desc=desc,
-                        progress=self.settings.progress and self.dist.is_main, dist=self.dist)
+        roots = [m for m in (self.student, self.teacher) if m is not None]
+        with gathered(related_roots(model, roots) if self.parallel.sharded else []):
+            return evaluate(model, loader, self.device, dtype, desc=desc,
+                            progress=self.settings.progress and self.dist.is_main,
+                            dist=self.dist)
 
     def _eval_student(self, loader: DataLoader | None, step: int, result: TrainResult) -> None:
         if loader is None:
@@ -214,12 +221,12 @@ class Distiller:
         rng = capture_rng()
         # every rank's RNG states (dropout differs per rank); rank 0 alone writes the file
         rank_rng = self.dist.gather_objects(rng) if self.dist.enabled else None
+        states = self.parallel.training_state(parts["optimizer"])  # sharded: every rank
         if not self.dist.is_main:
             return
         state = {
             "step": step, **position,
-            "student": self.student.state_dict(), "loss": self.loss.state_dict(),
-            "optimizer": parts["optimizer"].state_dict(),
+            **states,
             "scheduler": parts["scheduler"].state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng, "total_steps": parts["total_steps"],
@@ -245,9 +252,7 @@ class Distiller:
             raise TrainingError(
                 f"the checkpoint was taken in a run of {resume['total_steps']} steps, this run "
                 f"has {parts['total_steps']}; resume with the same trainer.max_steps/epochs")
-        self.student.load_state_dict(resume["student"])
-        self.loss.load_state_dict(resume["loss"])
-        parts["optimizer"].load_state_dict(resume["optimizer"])
+        self.parallel.load_training_state(resume, parts["optimizer"])
         parts["scheduler"].load_state_dict(resume["scheduler"])
         if resume.get("scaler"):
             self.scaler.load_state_dict(resume["scaler"])

@@ -140,12 +140,16 @@ def write_dir(path: Path, writer: Callable[[Path], None]) -> None:
         raise
 
 
-def write_pretrained(path: Path, *parts: Any) -> None:
+def write_pretrained(path: Path, *parts: Any, state_dict: dict[str, Any] | None = None) -> None:
     """Writes ``save_pretrained`` directories of ``parts`` (e.g. a model and its tokenizer)
-    into one directory, atomically (:func:`write_dir`)."""
+    into one directory, atomically (:func:`write_dir`). ``state_dict``: the first part's
+    weights, when they are not its own ``state_dict()`` (a sharded model's gathered ones)."""
     def save(tmp: Path) -> None:
-        for part in parts:
-            part.save_pretrained(tmp)
+        for i, part in enumerate(parts):
+            if i == 0 and state_dict is not None:
+                part.save_pretrained(tmp, state_dict=state_dict)
+            else:
+                part.save_pretrained(tmp)
     write_dir(path, save)
 
 

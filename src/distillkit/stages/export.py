@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from distillkit.engine.sharding import full_model_state, is_sharded
 from distillkit.pipeline.context import RunContext
 from distillkit.reporting.hparams import hparams_of, log_hparams
 from distillkit.reporting.record import run_record
@@ -34,11 +35,15 @@ class ExportStage:
                                                ctx.launch.get("choices")),
                         metrics, ctx.result.steps)
             ctx.writer.close()
+        model = ctx.student.model
+        # a sharded student's full weights, gathered on rank 0 (every rank takes part)
+        state = full_model_state(model) if exporting and is_sharded(model) else None
         if not ctx.dist.is_main:  # rank 0 exports and writes the record
             ctx.dist.barrier()
             return origin
         if exporting:
-            write_pretrained(ctx.out_dir / "student", ctx.student.model, ctx.student.tokenizer)
+            write_pretrained(ctx.out_dir / "student", model, ctx.student.tokenizer,
+                             state_dict=state)
             log.info("student exported to %s (%s)", ctx.out_dir / "student",
                      ctx.task.export_note())
         write_metrics(ctx.out_dir, metrics)
