@@ -38,7 +38,7 @@ from distillkit.causal.chunked import (
 from distillkit.causal.divergences import TokenDivergence
 from distillkit.causal.topk import TopKTargets
 from distillkit.errors import ConfigError
-from distillkit.losses.contract import KDLoss, LossOutput
+from distillkit.losses.contract import KDLoss, LossOutput, check_weighting
 
 
 def shift_for_next_token(labels: torch.Tensor,
@@ -104,12 +104,7 @@ class TokenDistillationLoss(KDLoss):
                  alpha: float = 0.5, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                  vocab_size: int | None = None) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ConfigError(
-                f"loss.temperature must be > 0, got {temperature}; try loss.temperature=1"
-            )
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"loss.alpha must be in [0, 1], got {alpha}; try loss.alpha=0.5")
+        check_weighting(temperature, alpha, example_temperature=1)
         if divergence is None and alpha > 0:
             raise ConfigError(
                 f"loss.alpha={alpha} weighs a distillation term, but this loss has no "

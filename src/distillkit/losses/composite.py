@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from distillkit.errors import ConfigError
-from distillkit.losses.contract import KDLoss, LossOutput
+from distillkit.losses.contract import KDLoss, LossOutput, check_weighting
 from distillkit.losses.layers import IntermediateTerms, ProjectionFactory
 from distillkit.losses.logits import HardCrossEntropy
 from distillkit.losses.mapping import LayerPair
@@ -85,12 +85,7 @@ class DistillationLoss(KDLoss):
         expertise_weights: bool = False,
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ConfigError(
-                f"loss.temperature must be > 0, got {temperature}; try loss.temperature=4"
-            )
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"loss.alpha must be in [0, 1], got {alpha}; try loss.alpha=0.5")
+        check_weighting(temperature, alpha, example_temperature=4)
         if kd is None and alpha > 0:
             raise ConfigError(
                 f"loss.alpha={alpha} weighs a distillation term, but this loss has none "

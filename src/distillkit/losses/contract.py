@@ -37,6 +37,20 @@ class LossOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def check_weighting(temperature: float, alpha: float, example_temperature: float) -> None:
+    """Checks the one weighting schema every loss shares (``loss.temperature`` > 0,
+    ``loss.alpha`` in [0, 1]).
+
+    Raises:
+        ConfigError: naming the key and a value to try (``example_temperature`` for T).
+    """
+    if not temperature > 0:
+        raise ConfigError(f"loss.temperature must be > 0, got {temperature}; try "
+                          f"loss.temperature={example_temperature:g}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"loss.alpha must be in [0, 1], got {alpha}; try loss.alpha=0.5")
+
+
 class KDLoss(nn.Module, metaclass=abc.ABCMeta):
     """Abstract base of every distillation loss: the contract the run code and the engine use.
 
