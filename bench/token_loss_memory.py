@@ -44,21 +44,9 @@ import torch.nn.functional as F
 from _common import PeakMemory, machine
 
 from distillkit.causal.chunked import DEFAULT_CHUNK_TOKENS, LMHeadInput, token_losses
-from distillkit.causal.divergences import (
-    ForwardKL,
-    GeneralizedJSD,
-    ReverseKL,
-    SkewKL,
-    SkewReverseKL,
-    TokenDivergence,
-    TotalVariation,
-)
+from distillkit.causal.losses import DIVERGENCES, divergence_named
 
 TARGET = 0.25
-DIVERGENCES: dict[str, type[TokenDivergence]] = {
-    "fkl": ForwardKL, "rkl": ReverseKL, "jsd": GeneralizedJSD, "tvd": TotalVariation,
-    "skl": SkewKL, "srkl": SkewReverseKL,
-}
 
 
 def _inputs(args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
@@ -106,7 +94,7 @@ def _naive(x: dict[str, torch.Tensor], t: float, alpha: float, divergence: str) 
         kd = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).mean()
     else:
         kd = _plain(divergence, log_p, log_q).mean()
-    total = alpha * DIVERGENCES[divergence]().scale(t) * kd
+    total = alpha * divergence_named(divergence).scale(t) * kd
     if alpha < 1:
         total = total + (1 - alpha) * F.cross_entropy(z.flatten(0, 1), x["labels"].flatten())
     return total
@@ -114,7 +102,7 @@ def _naive(x: dict[str, torch.Tensor], t: float, alpha: float, divergence: str) 
 
 def _chunked(x: dict[str, torch.Tensor], t: float, alpha: float, chunk: int,
              divergence: str) -> torch.Tensor:
-    div = DIVERGENCES[divergence]()
+    div = divergence_named(divergence)
     return token_losses(LMHeadInput(x["h"], x["w"]), LMHeadInput(x["ht"], x["wt"]),
                         x["labels"], div, t, kd_weight=alpha * div.scale(t),
                         ce_weight=1 - alpha, chunk_tokens=chunk).total
