@@ -102,7 +102,7 @@ def _teacher_calls(teacher) -> list[int]:
     return calls
 
 
-def test_stage_reads_the_teachers_features_from_one_pass(setup):
+def test_stage_reads_the_teachers_features_from_one_pass(setup, monkeypatch):
     """With the feature cache on, the stage trains as with the live teacher (fp32 features:
     the same numbers up to float rounding), the teacher runs only in the one feature pass
     (inference batches of up to 64 texts), and a second stage with other settings (another
@@ -125,6 +125,14 @@ def test_stage_reads_the_teachers_features_from_one_pass(setup):
         assert cached.last_losses[name] == pytest.approx(value, rel=1e-4, abs=1e-6)
     live_w, cached_w = _weights(live_student.model), _weights(cached_student.model)
     assert all(torch.allclose(live_w[k], cached_w[k], atol=1e-5) for k in live_w)
+    # the same stage again: read from the stage cache without tokenising the corpus
+    def no_tokenising(*args):
+        raise AssertionError("a cached stage tokenised its corpus")
+    with monkeypatch.context() as patch:
+        patch.setattr("distillkit.general.distill.corpus_ids", no_tokenising)
+        reread = general_distillation(teacher, student(), settings, spec, ENGINE,
+                                      feature_cache=("fp32", 1.0))
+    assert reread.origin == "cache" and reread.key == cached.key
     # other stage settings: a new stage entry, the same feature entry, no teacher pass
     calls.clear()
     other = {**spec, "lr": 1e-4}

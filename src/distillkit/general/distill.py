@@ -180,16 +180,26 @@ def general_distillation(teacher: ModelBundle, student: ModelBundle, settings: G
                       else "random")
         texts = load_texts(settings.corpus, settings.text_column, settings.max_texts)
         loss = bound_loss(spec, source, student) if settings.steps > 0 else None
-        dtype = engine.autocast_dtype(engine.resolve_device())
-        ids = corpus_ids(source, texts, settings) if loss is not None else []
-        features = (plan_corpus_features(source, loss, ids, settings.max_length, engine,
-                                         *feature_cache) if loss is not None else None)
-        key = _key(source, model, texts, settings, spec, str(dtype or "fp32"),
-                   features.key_part() if features is not None else "live")
+        precision = str(engine.autocast_dtype(engine.resolve_device()) or "fp32")
+        # a stage already cached with the features it would use now is read without
+        # tokenising the corpus; otherwise the feature plan (budget, entry) decides the key
+        intended = feature_cache[0] if feature_cache[1] > 0 and loss is not None else "live"
+        key = _key(source, model, texts, settings, spec, precision, intended)
+        ids: list[list[int]] = []
+        features: CorpusFeatures | None = None
+        if loss is not None and not (cache_root() / "general" / key / INFO).is_file():
+            ids = corpus_ids(source, texts, settings)
+            features = plan_corpus_features(source, loss, ids, settings.max_length, engine,
+                                            *feature_cache)
+            key = _key(source, model, texts, settings, spec, precision, features.key_part())
         path = cache_root() / "general" / key
         with file_lock(path.with_name(f"{key}.lock")):  # parallel sweep jobs: one trains
             origin = "cache" if (path / INFO).is_file() else "computed"
             if origin == "computed":
+                if loss is not None and features is None:  # the entry vanished meanwhile
+                    ids = corpus_ids(source, texts, settings)
+                    features = plan_corpus_features(source, loss, ids, settings.max_length,
+                                                    engine, *feature_cache)
                 seconds, losses = (_train(source, model, ids, settings, loss, engine, features)
                                    if loss is not None else (0.0, {}))
                 info = {"key": key, "teacher": source.name, "student": student.name,
