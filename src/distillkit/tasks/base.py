@@ -84,9 +84,10 @@ class Task(ABC):
         option of the teacher, student, data and loss groups is one of this task's, and
         ``general`` is on only where the task's pipeline has a general stage."""
         check_options(cfg, self)
-        check_sharding(str(cfg.trainer.get("sharding", "none")),
+        trainer = cfg.get("trainer") or {}
+        check_sharding(str(trainer.get("sharding", "none")),
                        dist.world_size if dist.enabled else 1,
-                       bool(cfg.trainer.get("compile", False)))
+                       bool(trainer.get("compile", False)))
         general = cfg.get("general")
         if general is not None and general.get("enabled", False) and not any(
                 "general" in names for names in self.pipeline.values()):
