@@ -244,7 +244,16 @@ class TotalVariation(TokenDivergence):
         return float(temperature)
 
 
-class SkewKL(TokenDivergence):
+class _Skewed(TokenDivergence):
+    """A divergence against a mixture of both distributions, ``skew`` in ``[0, 1]`` (DistiLLM's
+    default 0.1); ``ConfigError`` outside it."""
+
+    def __init__(self, skew: float = 0.1) -> None:
+        super().__init__()
+        self.skew = _unit_interval("skew", skew, 0.1)
+
+
+class SkewKL(_Skewed):
     """Skew KL ``SKL_a(p, q) = KL(p || a * p + (1 - a) * q)`` with ``a`` = ``skew``.
 
     Ko, Kim, Chen & Yun (2024), "DistiLLM: Towards Streamlined Distillation for Large Language
@@ -258,10 +267,6 @@ class SkewKL(TokenDivergence):
     Raises:
         ConfigError: for ``skew`` outside ``[0, 1]``.
     """
-
-    def __init__(self, skew: float = 0.1) -> None:
-        super().__init__()
-        self.skew = _unit_interval("skew", skew, 0.1)
 
     @torch.no_grad()
     def values_and_grad(self, log_p: torch.Tensor,
@@ -279,7 +284,7 @@ class SkewKL(TokenDivergence):
         return values, log_m.neg_().add_(log_p).add_(log_q).exp_().mul_(a - 1.0)
 
 
-class SkewReverseKL(TokenDivergence):
+class SkewReverseKL(_Skewed):
     """Skew reverse KL ``SRKL_a(p, q) = KL(q || (1 - a) * p + a * q)`` with ``a`` = ``skew``.
 
     Ko et al. (2024), DistiLLM (ICML 2024), the reverse-KL counterpart of :class:`SkewKL`.
@@ -291,10 +296,6 @@ class SkewReverseKL(TokenDivergence):
     Raises:
         ConfigError: for ``skew`` outside ``[0, 1]``.
     """
-
-    def __init__(self, skew: float = 0.1) -> None:
-        super().__init__()
-        self.skew = _unit_interval("skew", skew, 0.1)
 
     @torch.no_grad()
     def values_and_grad(self, log_p: torch.Tensor,
