@@ -129,3 +129,48 @@ def test_a_killed_run_resumes_from_the_wrapped_students_checkpoint(tiny_run, tmp
     assert resumed["resumed_from"]["step"] == 2
     assert resumed["student"]["perplexity"] == pytest.approx(plain["student"]["perplexity"],
                                                              rel=1e-5)
+
+
+def test_cached_top_k_targets_train_like_the_live_teacher_and_serve_later_runs(tiny_run,
+                                                                               tmp_path):
+    """k = the whole vocabulary (107 tiny tokens) stored in fp32 holds the dense teacher at
+    T = 1, so the cached run ends where the live one did; a run with another loss.alpha reads
+    the entry without a teacher pass; a smaller k is a new entry and is recorded as sparse."""
+    run_dir, again, small = tmp_path / "full", tmp_path / "again", tmp_path / "k4"
+    base = ["experiment=tiny_causal_lm", *FAST, "trainer.teacher_topk_dtype=fp32"]
+    _ok(run_cli([*base, "trainer.teacher_topk=107", f"hydra.run.dir={run_dir}"], cwd=tmp_path))
+    cached = json.loads((run_dir / "metrics.json").read_text())
+    plain = json.loads((tiny_run / "metrics.json").read_text())
+    assert cached["vocab_size"] == 107
+    assert cached["stages"]["teacher_targets"] == {"train": "computed"}
+    topk = cached["teacher_topk"]
+    assert topk["source"] == "computed" and topk["k"] == 107 and topk["dtype"] == "fp32"
+    assert topk["tokens"] > 0 and topk["bytes_per_token"] > 107 * 4  # ids + fp32 values
+    assert cached["train"]["last_losses"]["kd"] == pytest.approx(
+        plain["train"]["last_losses"]["kd"], rel=1e-4)
+    assert cached["student"]["perplexity"] == pytest.approx(plain["student"]["perplexity"],
+                                                            rel=1e-4)
+    proc = _ok(run_cli([*base, "trainer.teacher_topk=107", "loss.alpha=0.7",
+                        f"hydra.run.dir={again}"], cwd=tmp_path))
+    reread = json.loads((again / "metrics.json").read_text())
+    assert reread["stages"]["teacher_targets"] == {"train": "cache"}
+    assert reread["teacher_topk"]["splits"]["train"]["key"] == topk["splits"]["train"]["key"]
+    assert reread["teacher_topk"]["seconds"] == 0
+    assert "teacher top-k targets read from the cache" in proc.stdout + proc.stderr
+    _ok(run_cli([*base, "trainer.teacher_topk=4", f"hydra.run.dir={small}"], cwd=tmp_path))
+    sparse = json.loads((small / "metrics.json").read_text())
+    assert sparse["teacher_topk"]["source"] == "computed"
+    assert sparse["teacher_topk"]["splits"]["train"]["key"] != topk["splits"]["train"]["key"]
+    assert sparse["teacher_topk"]["bytes_per_token"] < topk["bytes_per_token"] / 10
+
+
+@pytest.mark.parametrize(("args", "phrases"), [
+    (["experiment=tiny_kd", "trainer.teacher_topk=8"],
+     ["trainer.teacher_topk=8", "task=causal_lm"]),
+    (["experiment=tiny_causal_lm", "trainer.teacher_topk=8", "trainer.teacher_topk_dtype=int4"],
+     ["int4", "fp16"]),
+    (["experiment=tiny_causal_lm", "trainer.teacher_topk=500"], ["500", "107"]),
+])
+def test_bad_top_k_settings_are_one_error_line(tmp_path, args, phrases):
+    proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    one_error_line(proc.returncode, proc.stdout + proc.stderr, phrases)

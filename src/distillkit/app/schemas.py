@@ -49,6 +49,11 @@ class TrainerSchema(EngineSettings):
     ``feature_cache_max_gb`` (then the teacher runs live; 0 turns the feature cache off).
     See distillkit.teachers.features.
 
+    ``teacher_topk`` (task=causal_lm): 0 runs the dense teacher live every step; ``k`` >= 1
+    caches, in one teacher pass, its ``k`` most likely next tokens per training token (their
+    log-probabilities stored as ``teacher_topk_dtype``, fp16 | fp32, plus the remaining mass;
+    ``<cache>/teacher_topk/``) and the loop reads them instead. See distillkit.causal.targets.
+
     ``checkpoint_every_steps``: write a resumable checkpoint to ``<run>/checkpoints/`` every N
     optimizer steps (and after each evaluation); null: no checkpoints. ``keep_checkpoints``:
     how many of the newest to keep (the best one is kept as well). See distillkit.runtime.checkpoint.
@@ -60,6 +65,8 @@ class TrainerSchema(EngineSettings):
     teacher_cache: bool = True
     feature_cache_dtype: str = "fp16"
     feature_cache_max_gb: float = 16.0
+    teacher_topk: int = 0
+    teacher_topk_dtype: str = "fp16"
     freeze: List[str] = field(default_factory=list)  # noqa: UP006
     checkpoint_every_steps: Optional[int] = None  # noqa: UP045
     keep_checkpoints: int = 2

@@ -6,10 +6,12 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from distillkit.errors import ConfigError
 from distillkit.models import EnsembleTeacher
 from distillkit.pipeline.context import RunContext
 from distillkit.teachers.features import check_settings
 from distillkit.teachers.setup import prepare_teachers
+from distillkit.teachers.topk_cache import check_topk_settings
 
 
 class TeacherStage:
@@ -45,6 +47,14 @@ class TeacherTargetsStage:
         """Checks the feature-cache settings before any stage runs."""
         trainer = ctx.cfg.trainer
         check_settings(str(trainer.feature_cache_dtype), float(trainer.feature_cache_max_gb))
+        k = int(trainer.get("teacher_topk", 0) or 0)
+        if k:
+            if not ctx.task.sparse_targets:
+                raise ConfigError(f"trainer.teacher_topk={k} caches a causal LM's top-k "
+                                  f"next-token targets, but task={ctx.task.name}; remove "
+                                  "trainer.teacher_topk or use task=causal_lm")
+            check_topk_settings(k, str(trainer.get("teacher_topk_dtype", "fp16")),
+                                float(trainer.feature_cache_max_gb))
 
     def run(self, ctx: RunContext) -> Any:
         return ctx.task.teacher_targets(ctx)

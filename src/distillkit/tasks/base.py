@@ -63,6 +63,9 @@ class Task(ABC):
     option_prefixes: tuple[str, ...] = ()
     option_task: str = ""
     option_hint: str = "an option of this task"
+    #: Whether the teacher-targets stage can cache sparse (top-k) next-token targets
+    #: (``trainer.teacher_topk``).
+    sparse_targets: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

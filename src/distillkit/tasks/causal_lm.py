@@ -24,6 +24,7 @@ from transformers import set_seed
 from distillkit.causal.evaluate import generate_side_by_side, score_models
 from distillkit.causal.lean import LeanCausalLM
 from distillkit.causal.models import CausalBundle
+from distillkit.causal.targets import cache_train_topk, topk_collate
 from distillkit.causal.vocab import align_vocab
 from distillkit.engine import frozen
 from distillkit.errors import ConfigError
@@ -44,6 +45,7 @@ class CausalLMTask(Task):
 
     option_prefixes = ("distillkit.causal.",)
     option_task = "causal_lm"
+    sparse_targets = True
     option_hint = ("a causal_lm option (teacher=smollm2|causal_hub|tiny_llama, "
                    "student=smollm2_copy|smollm2_small|tiny_llama_student, data=causal_text|"
                    "causal_pairs|causal_chat|snli_text|snli_pairs|tiny_causal, loss=causal_kd|"
@@ -88,9 +90,28 @@ class CausalLMTask(Task):
         return teacher
 
     def teacher_targets(self, ctx: RunContext) -> Any:
-        # The loop runs the live teacher. A cache of its top-k outputs attaches here: a collator
-        # that adds the cached entries to each batch by its ``loss_row`` (causal.data.ROW).
-        return "skipped"
+        """With ``trainer.teacher_topk=k``: the teacher's top-k targets of the training split,
+        from the cache or one teacher pass (:mod:`distillkit.causal.targets`); ``skipped``
+        when the loss reads no teacher, the teacher runs with dropout, ``k`` is 0 (the dense,
+        live teacher) or the entry would exceed its budget."""
+        trainer, loss = ctx.cfg.trainer, ctx.loss
+        k = int(trainer.get("teacher_topk", 0) or 0)
+        if not (k and loss.needs_teacher and trainer.get("teacher_cache", True)):
+            return "skipped"
+        if ctx.settings.teacher_dropout:
+            log.info("trainer.teacher_dropout=true: the teacher's outputs change every pass, "
+                     "its top-k targets are not cached")
+            return "skipped"
+        cache = cache_train_topk(ctx.teacher.model, ctx.data, ctx.settings, k=k,
+                                 dtype=str(trainer.get("teacher_topk_dtype", "fp16")),
+                                 max_gb=float(trainer.feature_cache_max_gb),
+                                 vocab_size=ctx.details["vocab_size"])
+        ctx.details["teacher_topk"] = cache
+        log.info("%s", cache.describe())
+        if cache.source == "live":
+            return "skipped"
+        ctx.cached_logits = True
+        return {role: split["origin"] for role, split in cache.splits.items()}
 
     def build_student(self, ctx: RunContext) -> None:
         """The student was built with the teacher; the training RNG restarts from the seed."""
@@ -110,8 +131,11 @@ class CausalLMTask(Task):
         return LeanCausalLM(ctx.student.model), teacher
 
     def train_loader(self, ctx: RunContext) -> Any:
+        """The training batches (carrying the teacher's top-k targets when they are cached)."""
+        cache = ctx.details.get("teacher_topk")
+        collate = topk_collate(ctx.data, cache) if ctx.cached_logits else None
         return ctx.data.loader("train", ctx.settings.batch_size, shuffle=True,
-                               seed=ctx.settings.seed)
+                               seed=ctx.settings.seed, collate=collate)
 
     def _batches(self, ctx: RunContext, role: str) -> list[dict]:
         return list(ctx.data.loader(role, ctx.settings.eval_batch_size))
@@ -174,6 +198,8 @@ class CausalLMTask(Task):
                       "seconds": round(result.train_seconds, 3),
                       "last_losses": result.last_losses, "evals": result.evals},
         }
+        if "teacher_topk" in ctx.details:
+            metrics["teacher_topk"] = ctx.details["teacher_topk"].record()
         if ev.validation is not None:
             metrics["validation"] = {"split": data.split_names["eval"], "student": ev.validation}
         return metrics
