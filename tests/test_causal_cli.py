@@ -174,3 +174,49 @@ def test_cached_top_k_targets_train_like_the_live_teacher_and_serve_later_runs(t
 def test_bad_top_k_settings_are_one_error_line(tmp_path, args, phrases):
     proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
     one_error_line(proc.returncode, proc.stdout + proc.stderr, phrases)
+
+
+def test_on_policy_batches_are_scored_by_the_live_teacher_and_resume_alike(tmp_path):
+    """loss.lmbda=0.5 with cached top-k targets: the sampled batches need the live teacher
+    (kept), the others read the cache; a run killed after step 3 resumes from step 2's
+    checkpoint, draws the same on-policy batches and ends where the uninterrupted run did."""
+    args = ["experiment=tiny_causal_lm", *FAST, "loss.lmbda=0.5",
+            "loss.generation.max_new_tokens=4", "trainer.teacher_topk=8"]
+    plain_dir, run_dir = tmp_path / "plain", tmp_path / "run"
+    _ok(run_cli([*args, f"hydra.run.dir={plain_dir}"], cwd=tmp_path))
+    plain = json.loads((plain_dir / "metrics.json").read_text())
+    assert plain["loss"]["lmbda"] == 0.5 and plain["teacher_topk"]["source"] == "computed"
+    assert 0 < plain["on_policy"]["batches"] < 4
+    assert plain["on_policy"]["generation"]["max_new_tokens"] == 4
+    ckpt = [*args, "trainer.checkpoint_every_steps=2", f"hydra.run.dir={run_dir}"]
+    killed = run_cli(ckpt, cwd=tmp_path, env={"DISTILLKIT_TEST_KILL_AT_STEP": "3"})
+    assert killed.returncode != 0 and not (run_dir / "metrics.json").exists()
+    _ok(run_cli([*ckpt, "resume=auto"], cwd=tmp_path))
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["resumed_from"]["step"] == 2
+    assert resumed["student"]["perplexity"] == pytest.approx(plain["student"]["perplexity"],
+                                                             rel=1e-5)
+
+
+def test_sequence_kd_trains_on_the_teachers_responses_decoded_once(tmp_path):
+    args = ["experiment=tiny_causal_lm", *FAST, "loss.seq_kd=true",
+            "loss.generation.max_new_tokens=3"]
+    first, second = tmp_path / "a", tmp_path / "b"
+    _ok(run_cli([*args, f"hydra.run.dir={first}"], cwd=tmp_path))
+    metrics = json.loads((first / "metrics.json").read_text())
+    assert metrics["loss"]["seq_kd"] is True
+    assert metrics["stages"]["teacher_targets"] == {"sequence_kd": "computed"}
+    record = metrics["sequence_kd"]
+    assert record["responses"] == metrics["data"]["examples"]["train"]
+    assert 1 <= record["mean_response_tokens"] <= 3 and record["num_beams"] == 1
+    # the learnt training tokens are now the teacher's responses (<= 3 each)
+    assert metrics["data"]["tokens"]["train"] <= 3 * record["responses"]
+    rows = [json.loads(line) for line in
+            (first / "teacher_responses.jsonl").read_text().splitlines()]
+    assert len(rows) == record["responses"] and set(rows[0]) == {"prompt", "data", "teacher"}
+    assert rows[0]["prompt"].startswith("where is")
+    _ok(run_cli([*args, "loss.alpha=0.2", f"hydra.run.dir={second}"], cwd=tmp_path))
+    again = json.loads((second / "metrics.json").read_text())
+    assert again["stages"]["teacher_targets"] == {"sequence_kd": "cache"}
+    assert again["sequence_kd"]["cache"] == record["cache"]
+    assert again["data"]["tokens"] == metrics["data"]["tokens"]

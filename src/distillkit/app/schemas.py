@@ -163,6 +163,18 @@ class Seq2SeqDataSchema:
 
 
 @dataclass
+class CausalGenerationSchema:
+    """``loss.generation`` of ``task=causal_lm`` (:class:`distillkit.causal.generation.
+    CausalGeneration`): how on-policy (``loss.lmbda``) and seq-KD (``loss.seq_kd``) responses
+    are generated."""
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0  # the student's sampling temperature (on-policy batches)
+    num_beams: int = 1  # the teacher's decoding for seq_kd (1: greedy)
+    batch_size: int = 16  # prompts per generate call (seq_kd)
+
+
+@dataclass
 class CausalLossSchema:
     """Token-level KD of a causal LM (``task=causal_lm``, :func:`distillkit.causal.losses.
     causal_kd`): ``total = alpha * scale(T) * D + (1 - alpha) * CE`` per learnt token."""
@@ -174,6 +186,9 @@ class CausalLossSchema:
     beta: float = 0.5  # generalised JSD's mixture (divergence=jsd)
     skew: float = 0.1  # skew KL / skew reverse KL's mixture (skl, srkl)
     chunk_tokens: int = 256  # tokens per chunk of the loss (memory against speed)
+    lmbda: float = 0.0  # GKD: share of batches on the student's own samples (0: off)
+    seq_kd: bool = False  # sequence-level KD: train on the teacher's decoded responses
+    generation: CausalGenerationSchema = field(default_factory=lambda: CausalGenerationSchema())
 
 
 @dataclass

@@ -289,6 +289,18 @@ class CausalLMData:
         return DataLoader(rows, batch_size=batch_size, sampler=sampler,
                           collate_fn=collate or self.collate, generator=generator)
 
+    def replace_responses(self, role: str, prompts: list[list[int]],
+                          responses: list[list[int]]) -> None:
+        """Sequence-level KD: each example of a split becomes its prompt followed by the given
+        response (learnt), cut to ``max_length``; rows and their ids stay."""
+        if not len(prompts) == len(responses) == len(self.encoded[role]):
+            raise ValueError(f"{len(prompts)} prompts and {len(responses)} responses for "
+                             f"{len(self.encoded[role])} examples of split '{role}'")
+        self.encoded[role] = [
+            Encoded((p + r)[:self.max_length], ([IGNORE] * len(p) + r)[:self.max_length],
+                    min(len(p), self.max_length))
+            for p, r in zip(prompts, responses, strict=True)]
+
     def prompts(self, role: str, n: int) -> list[tuple[list[int], list[int]]]:
         """The first ``n`` examples of a split as ``(prompt ids, reference continuation
         ids)``: up to the prompt length, or for plain text its first half."""

@@ -10,6 +10,8 @@ the student's vocabularies (:func:`~distillkit.causal.vocab.align_vocab`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from distillkit.causal.chunked import DEFAULT_CHUNK_TOKENS
 from distillkit.causal.divergences import (
     ForwardKL,
@@ -20,6 +22,7 @@ from distillkit.causal.divergences import (
     TokenDivergence,
     TotalVariation,
 )
+from distillkit.causal.generation import CausalGeneration
 from distillkit.causal.token_loss import TokenDistillationLoss
 from distillkit.errors import ConfigError
 
@@ -50,7 +53,8 @@ def divergence_named(name: str, beta: float = 0.5, skew: float = 0.1) -> TokenDi
 
 def causal_kd(divergence: str = "fkl", temperature: float = 1.0, alpha: float = 0.5,
               beta: float = 0.5, skew: float = 0.1, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-              vocab_size: int | None = None) -> TokenDistillationLoss:
+              vocab_size: int | None = None, lmbda: float = 0.0, seq_kd: bool = False,
+              generation: Mapping | None = None) -> TokenDistillationLoss:
     """Token-level KD of a causal LM with the divergence ``divergence`` names.
 
     Args:
@@ -62,7 +66,15 @@ def causal_kd(divergence: str = "fkl", temperature: float = 1.0, alpha: float = 
         skew: the mixture weight of skew KL / skew reverse KL (``skl``, ``srkl``).
         chunk_tokens: tokens per chunk of the loss (memory against speed).
         vocab_size: the shared vocabulary size (set by the task).
+        lmbda: share of batches whose responses the student samples (GKD's on-policy
+            fraction; 0: off).
+        seq_kd: train on the teacher's decoded responses (sequence-level KD).
+        generation: ``max_new_tokens``, ``temperature`` (the student's sampling),
+            ``num_beams`` and ``batch_size`` (the teacher's decoding for ``seq_kd``).
     """
     return TokenDistillationLoss(divergence_named(divergence, beta, skew),
                                  temperature=temperature, alpha=alpha,
-                                 chunk_tokens=chunk_tokens, vocab_size=vocab_size)
+                                 chunk_tokens=chunk_tokens, vocab_size=vocab_size, lmbda=lmbda,
+                                 seq_kd=seq_kd,
+                                 generation=CausalGeneration.from_config(
+                                     dict(generation) if generation is not None else None))

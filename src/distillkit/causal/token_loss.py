@@ -36,9 +36,14 @@ from distillkit.causal.chunked import (
     token_losses,
 )
 from distillkit.causal.divergences import TokenDivergence
+from distillkit.causal.generation import CausalGeneration
 from distillkit.causal.topk import TopKTargets
 from distillkit.errors import ConfigError
 from distillkit.losses.contract import KDLoss, LossOutput, check_weighting
+
+#: Batch entry of an on-policy batch (:mod:`distillkit.causal.on_policy`): its responses were
+#: sampled by the student, so only the KD term counts on it.
+ON_POLICY = "loss_on_policy"
 
 
 def shift_for_next_token(labels: torch.Tensor,
@@ -87,6 +92,11 @@ class TokenDistillationLoss(KDLoss):
     Logged terms: ``kd`` (``scale(T) * KD``, the value ``alpha`` weighs) and ``hard`` (CE),
     each only when its weight is non-zero.
 
+    Generated responses (the run acts on these; the loss only holds them): ``lmbda`` > 0 makes
+    that share of batches on-policy (GKD, :mod:`distillkit.causal.on_policy`; the CE term is
+    dropped on a batch carrying :data:`ON_POLICY`); ``seq_kd`` trains on the teacher's
+    decoded responses instead of the data's (:mod:`distillkit.causal.sequence_kd`).
+
     Args:
         divergence: the token-level divergence; None for cross-entropy alone (``alpha`` 0).
         temperature: ``T`` > 0 of the KD term.
@@ -94,15 +104,20 @@ class TokenDistillationLoss(KDLoss):
         chunk_tokens: counted tokens per chunk (memory against speed).
         vocab_size: the shared vocabulary size both sides are cut to, or None (both already
             have the same size).
+        lmbda: share of on-policy batches in ``[0, 1]`` (needs a KD term).
+        seq_kd: train on the teacher's responses (sequence-level KD).
+        generation: how responses are generated (sampling and decoding settings).
 
     Raises:
         ConfigError: for a temperature <= 0, an alpha outside [0, 1], ``alpha > 0`` without
-            a divergence, or a ``chunk_tokens`` that is not a positive integer.
+            a divergence, a ``chunk_tokens`` that is not a positive integer, or an ``lmbda``
+            outside [0, 1] or without a KD term.
     """
 
     def __init__(self, divergence: TokenDivergence | None = None, temperature: float = 1.0,
                  alpha: float = 0.5, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                 vocab_size: int | None = None) -> None:
+                 vocab_size: int | None = None, lmbda: float = 0.0, seq_kd: bool = False,
+                 generation: CausalGeneration | None = None) -> None:
         super().__init__()
         check_weighting(temperature, alpha, example_temperature=1)
         if divergence is None and alpha > 0:
@@ -116,6 +131,16 @@ class TokenDistillationLoss(KDLoss):
         self.alpha = float(alpha)
         self.chunk_tokens = check_chunk_tokens(chunk_tokens)
         self.vocab_size = vocab_size
+        if not 0.0 <= float(lmbda) <= 1.0:
+            raise ConfigError(f"loss.lmbda={lmbda} is outside [0, 1]; it is the share of "
+                              "batches the student samples (0: off, GKD uses e.g. 0.5)")
+        if lmbda > 0 and not self.needs_teacher:
+            raise ConfigError(f"loss.lmbda={lmbda} samples on-policy batches for the teacher to "
+                              "score, but this loss has no KD term (loss.alpha=0); set "
+                              "loss.alpha > 0 or loss.lmbda=0")
+        self.lmbda = float(lmbda)
+        self.generation = generation or CausalGeneration()
+        self.sequence_kd = self.generation.as_dict() if seq_kd else None
 
     @property
     def needs_teacher(self) -> bool:
@@ -142,7 +167,7 @@ class TokenDistillationLoss(KDLoss):
             raise ValueError("TokenDistillationLoss needs teacher outputs but got None")
         scale = self.divergence.scale(self.temperature) if self.needs_teacher else 0.0
         kd_weight = self.alpha * scale
-        ce_weight = 1.0 - self.alpha
+        ce_weight = 0.0 if ON_POLICY in batch else 1.0 - self.alpha
         size = self.vocab_size
         out = token_losses(
             _student_side(student, size),

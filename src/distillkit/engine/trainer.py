@@ -86,6 +86,9 @@ class Distiller:
         step_callback: called with the step number after every optimizer step.
         dist: the ranks of a data-parallel run (default: one process). Every rank builds its
             Distiller alike; loaders then yield each rank's share of the global batches.
+        batch_hook: called as ``hook(batch, micro)`` with each training batch and its 0-based
+            micro-batch index over the run, just before its step; returns the batch to train
+            on (e.g. on-policy responses sampled by the student as it is now).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class Distiller:
         checkpoints: CheckpointSink | None = None,
         step_callback: Callable[[int], None] | None = None,
         dist: DistEnv = SINGLE,
+        batch_hook: Callable[[dict, int], dict] | None = None,
     ) -> None:
         if not isinstance(loss, KDLoss):
             raise TypeError(f"the loss must be a KDLoss, not {type(loss).__name__}")
@@ -131,6 +135,7 @@ class Distiller:
         self.writer = writer if dist.is_main else None
         self.checkpoints = checkpoints
         self.step_callback = step_callback
+        self.batch_hook = batch_hook
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -343,6 +348,8 @@ class Distiller:
                 resume = None
             for batch in batches:
                 in_epoch += 1
+                if self.batch_hook is not None:
+                    batch = self.batch_hook(batch, micro)
                 inputs = model_inputs(batch, self.device)
                 batch_on_device = {**inputs, **loss_inputs(batch, self.device)}
                 if micro % s.grad_accum_steps == 0:

@@ -103,7 +103,7 @@ class DistilStage:
             optimizer_factory=instantiate(cfg.trainer.optimizer),
             scheduler_factory=instantiate(cfg.trainer.scheduler),
             settings=settings, writer=ctx.writer, checkpoints=checkpoints,
-            step_callback=_kill_hook(), dist=ctx.dist)
+            step_callback=_kill_hook(), dist=ctx.dist, batch_hook=task.batch_hook(ctx))
         evaluate, source = task.evaluator(ctx) or (None, None)
         ctx.result = ctx.distiller.fit(task.train_loader(ctx), source, resume=resume_state,
                                        evaluate=evaluate, metric=task.metric(ctx))

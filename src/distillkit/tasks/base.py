@@ -145,6 +145,11 @@ class Task(ABC):
             teacher = live_teacher(ctx.teacher, ctx.loss)
         return ctx.student.model, teacher
 
+    def batch_hook(self, ctx: RunContext) -> Callable[[dict, int], dict] | None:
+        """What the loop applies to each training batch just before its step (``hook(batch,
+        micro)``; e.g. on-policy sampling), or None (the default: batches as loaded)."""
+        return None
+
     @abstractmethod
     def train_loader(self, ctx: RunContext) -> Any:
         """The batches the student trains on."""

@@ -22,8 +22,11 @@ from torch import nn
 from transformers import set_seed
 
 from distillkit.causal.evaluate import generate_side_by_side, score_models
+from distillkit.causal.generation import pad_id, stop_ids
 from distillkit.causal.lean import LeanCausalLM
 from distillkit.causal.models import CausalBundle
+from distillkit.causal.on_policy import OnPolicyBatches
+from distillkit.causal.sequence_kd import sequence_kd_targets
 from distillkit.causal.targets import cache_train_topk, topk_collate
 from distillkit.causal.vocab import align_vocab
 from distillkit.engine import frozen
@@ -90,18 +93,25 @@ class CausalLMTask(Task):
         return teacher
 
     def teacher_targets(self, ctx: RunContext) -> Any:
-        """With ``trainer.teacher_topk=k``: the teacher's top-k targets of the training split,
-        from the cache or one teacher pass (:mod:`distillkit.causal.targets`); ``skipped``
-        when the loss reads no teacher, the teacher runs with dropout, ``k`` is 0 (the dense,
-        live teacher) or the entry would exceed its budget."""
+        """The teacher's responses for sequence-level KD (``loss.seq_kd``), then with
+        ``trainer.teacher_topk=k`` its top-k targets of the training split, from the cache or
+        one teacher pass (:mod:`distillkit.causal.targets`); ``skipped`` when neither applies:
+        the loss reads no teacher, the teacher runs with dropout, ``k`` is 0 (the dense, live
+        teacher) or the entry would exceed its budget."""
         trainer, loss = ctx.cfg.trainer, ctx.loss
+        origins: dict[str, Any] = {}
+        if loss.sequence_kd is not None:
+            ctx.details["sequence_kd"] = sequence_kd_targets(
+                ctx.teacher, ctx.data, ctx.settings, loss.generation, ctx.out_dir,
+                write=ctx.dist.is_main)
+            origins["sequence_kd"] = ctx.details["sequence_kd"]["generations"]
         k = int(trainer.get("teacher_topk", 0) or 0)
         if not (k and loss.needs_teacher and trainer.get("teacher_cache", True)):
-            return "skipped"
+            return origins or "skipped"
         if ctx.settings.teacher_dropout:
             log.info("trainer.teacher_dropout=true: the teacher's outputs change every pass, "
                      "its top-k targets are not cached")
-            return "skipped"
+            return origins or "skipped"
         cache = cache_train_topk(ctx.teacher.model, ctx.data, ctx.settings, k=k,
                                  dtype=str(trainer.get("teacher_topk_dtype", "fp16")),
                                  max_gb=float(trainer.feature_cache_max_gb),
@@ -109,9 +119,9 @@ class CausalLMTask(Task):
         ctx.details["teacher_topk"] = cache
         log.info("%s", cache.describe())
         if cache.source == "live":
-            return "skipped"
+            return origins or "skipped"
         ctx.cached_logits = True
-        return {role: split["origin"] for role, split in cache.splits.items()}
+        return {**origins, **{role: split["origin"] for role, split in cache.splits.items()}}
 
     def build_student(self, ctx: RunContext) -> None:
         """The student was built with the teacher; the training RNG restarts from the seed."""
@@ -126,9 +136,20 @@ class CausalLMTask(Task):
         """Both models wrapped in :class:`~distillkit.causal.lean.LeanCausalLM` (the teacher
         only when the loss reads it and the batches do not carry its outputs)."""
         teacher = None
-        if not ctx.cached_logits and ctx.loss.needs_teacher:
-            teacher = LeanCausalLM(ctx.teacher.model)
+        loss = ctx.loss
+        if loss.needs_teacher and (not ctx.cached_logits or loss.lmbda > 0):
+            teacher = LeanCausalLM(ctx.teacher.model)  # on-policy batches: scored live
         return LeanCausalLM(ctx.student.model), teacher
+
+    def batch_hook(self, ctx: RunContext) -> OnPolicyBatches | None:
+        """With ``loss.lmbda`` > 0: GKD's on-policy batches (:mod:`distillkit.causal.on_policy`)."""
+        loss = ctx.loss
+        if not loss.lmbda:
+            return None
+        student, tokenizer = ctx.student.model, ctx.student.tokenizer
+        return OnPolicyBatches(student, ctx.data.collate, loss.lmbda, loss.generation,
+                               pad_id(tokenizer), stop_ids(student, tokenizer),
+                               ctx.settings.seed, ctx.settings.resolve_device())
 
     def train_loader(self, ctx: RunContext) -> Any:
         """The training batches (carrying the teacher's top-k targets when they are cached)."""
@@ -188,7 +209,8 @@ class CausalLMTask(Task):
             "params": {"teacher": ev.teacher["params"], "student": ev.student["params"]},
             "eval_split": ev.split, "generations": GENERATIONS,
             "loss": {"divergence": type(loss.divergence).__name__, "alpha": loss.alpha,
-                     "temperature": loss.temperature},
+                     "temperature": loss.temperature, "lmbda": loss.lmbda,
+                     "seq_kd": loss.sequence_kd is not None},
             "vocab_size": ctx.details["vocab_size"],
             "data": {"format": data.format, "max_length": data.max_length,
                      "examples": {r: len(rows) for r, rows in data.encoded.items()},
@@ -198,6 +220,12 @@ class CausalLMTask(Task):
                       "seconds": round(result.train_seconds, 3),
                       "last_losses": result.last_losses, "evals": result.evals},
         }
+        if "sequence_kd" in ctx.details:
+            metrics["sequence_kd"] = ctx.details["sequence_kd"]
+        if loss.lmbda:
+            hook = ctx.distiller.batch_hook
+            metrics["on_policy"] = {"lmbda": loss.lmbda, "batches": hook.sampled,
+                                    "generation": loss.generation.as_dict()}
         if "teacher_topk" in ctx.details:
             metrics["teacher_topk"] = ctx.details["teacher_topk"].record()
         if ev.validation is not None:
