@@ -3,6 +3,7 @@ files with a saved teacher, bad data files and mixed options as one error line."
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -220,3 +221,22 @@ def test_sequence_kd_trains_on_the_teachers_responses_decoded_once(tmp_path):
     assert again["stages"]["teacher_targets"] == {"sequence_kd": "cache"}
     assert again["sequence_kd"]["cache"] == record["cache"]
     assert again["data"]["tokens"] == metrics["data"]["tokens"]
+
+
+def test_a_sweep_over_temperature_and_beta_summarises_itself(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _ok(run_cli(["-m", "experiment=tiny_causal_lm", "loss=causal_jsd",
+                        "loss.temperature=1,2", "loss.beta=0.1,0.9", "trainer.max_steps=2",
+                        "trainer.eval_every_steps=2", "trainer.progress=false",
+                        "data.num_generations=1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path))
+    assert "sweep summary (4 jobs: 4 finished, 0 failed, 0 unfinished)" in proc.stderr + proc.stdout
+    rows = list(csv.DictReader((sweep / "summary.csv").read_text().splitlines()))
+    assert sorted((r["loss.temperature"], r["loss.beta"]) for r in rows) == [
+        ("1", "0.1"), ("1", "0.9"), ("2", "0.1"), ("2", "0.9")]
+    for row in rows:
+        assert row["status"] == "ok" and float(row["student_neg_perplexity"]) < -1
+        assert 0 <= float(row["student_agreement"]) <= 1 and float(row["student_kl"]) > 0
+    objectives = [float(r["objective"]) for r in rows]
+    assert objectives == sorted(objectives, reverse=True)  # best first
+    table = (sweep / "summary.md").read_text()
+    assert "| agreement | KL to teacher |" in table and "student -ppl" in table

@@ -52,13 +52,26 @@ METRICS = (
     ("steps", "steps", lambda m, k: m["train"]["steps"]),
     ("train_seconds", "train s", lambda m, k: m["train"]["seconds"]),
 )
-SHORT = {"accuracy": "acc", "exact_match": "EM", "bleu": "BLEU", "chrf": "chrF"}
+# More columns for one headline metric: a causal LM's agreement with the teacher and KL to it
+TASK_METRICS = {
+    "neg_perplexity": (
+        ("student_agreement", "agreement", lambda m, k: m["student"]["agreement"]),
+        ("student_kl", "KL to teacher", lambda m, k: m["student"]["kl"]),
+    ),
+}
+SHORT = {"accuracy": "acc", "exact_match": "EM", "bleu": "BLEU", "chrf": "chrF",
+         "neg_perplexity": "-ppl"}
+
+
+def _getters(metric: str) -> tuple:
+    return METRICS + TASK_METRICS.get(metric, ())
 
 
 def columns(metric: str) -> list[tuple[str, str]]:
     """The metric columns (name, summary.md label) of a sweep whose headline is ``metric``."""
     short = SHORT.get(metric, metric)
-    return [(c.format(metric=metric), label.format(short=short)) for c, label, _ in METRICS]
+    return [(c.format(metric=metric), label.format(short=short))
+            for c, label, _ in _getters(metric)]
 
 
 def sweep_metric(jobs: list[Job]) -> str:
@@ -93,7 +106,7 @@ def read_job(job_dir: Path) -> Job | None:
         metrics = json.loads(metrics_path.read_text())
         job.status = "ok"
         job.metric = headline(metrics)
-        for column, _, get in METRICS:
+        for column, _, get in _getters(job.metric):
             column = column.format(metric=job.metric)
             try:
                 job.values[column] = get(metrics, job.metric)
