@@ -49,8 +49,9 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -e ".[dev,bench]"
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)  ## training-speed benchmark on the real models (bench/speed.py --real; ARGS="--markdown")
+bench: $(BENCH_STAMP)  ## real-model speed (bench/speed.py --real; ARGS="--markdown") + causal KD loss memory
 	$(BIN)/python bench/speed.py --real $(ARGS)
+	$(BIN)/python bench/token_loss_memory.py --chunks 256 --markdown
 
 bench-tiny: $(BENCH_STAMP)  ## the same benchmark on tiny models (seconds)
 	$(BIN)/python bench/speed.py $(ARGS)
