@@ -187,7 +187,7 @@ def test_on_policy_batches_are_scored_by_the_live_teacher_and_resume_alike(tmp_p
     _ok(run_cli([*args, f"hydra.run.dir={plain_dir}"], cwd=tmp_path))
     plain = json.loads((plain_dir / "metrics.json").read_text())
     assert plain["loss"]["lmbda"] == 0.5 and plain["teacher_topk"]["source"] == "computed"
-    assert 0 < plain["on_policy"]["batches"] < 4
+    assert 0 < plain["on_policy"]["batches"] < plain["on_policy"]["of"] == 4
     assert plain["on_policy"]["generation"]["max_new_tokens"] == 4
     ckpt = [*args, "trainer.checkpoint_every_steps=2", f"hydra.run.dir={run_dir}"]
     killed = run_cli(ckpt, cwd=tmp_path, env={"DISTILLKIT_TEST_KILL_AT_STEP": "3"})
@@ -195,6 +195,7 @@ def test_on_policy_batches_are_scored_by_the_live_teacher_and_resume_alike(tmp_p
     _ok(run_cli([*ckpt, "resume=auto"], cwd=tmp_path))
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["resumed_from"]["step"] == 2
+    assert resumed["on_policy"] == plain["on_policy"]
     assert resumed["student"]["perplexity"] == pytest.approx(plain["student"]["perplexity"],
                                                              rel=1e-5)
 

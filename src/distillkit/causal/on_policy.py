@@ -49,7 +49,6 @@ class OnPolicyBatches:
         self.model, self.collate, self.lmbda = model, collate, float(lmbda)
         self.generation, self.pad, self.stops = generation, pad, stops
         self.seed, self.device = int(seed), device
-        self.sampled = 0  # on-policy batches made in this process
 
     def chosen(self, micro: int) -> bool:
         """Whether micro-batch ``micro`` (0-based over the run) is on-policy."""
@@ -71,5 +70,4 @@ class OnPolicyBatches:
                     for row, p, r in zip(batch[ROW].tolist(), prompts, responses, strict=True)]
         out = self.collate(examples)
         out[ON_POLICY] = torch.ones(len(examples), dtype=torch.bool)
-        self.sampled += 1
         return out

@@ -223,9 +223,10 @@ class CausalLMTask(Task):
         if "sequence_kd" in ctx.details:
             metrics["sequence_kd"] = ctx.details["sequence_kd"]
         if loss.lmbda:
-            hook = ctx.distiller.batch_hook
-            metrics["on_policy"] = {"lmbda": loss.lmbda, "batches": hook.sampled,
-                                    "generation": loss.generation.as_dict()}
+            hook, micro = ctx.distiller.batch_hook, result.steps * ctx.settings.grad_accum_steps
+            metrics["on_policy"] = {"lmbda": loss.lmbda, "generation": loss.generation.as_dict(),
+                                    "batches": sum(map(hook.chosen, range(micro))),
+                                    "of": micro}
         if "teacher_topk" in ctx.details:
             metrics["teacher_topk"] = ctx.details["teacher_topk"].record()
         if ev.validation is not None:
