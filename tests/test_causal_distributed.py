@@ -21,6 +21,7 @@ from tests.test_fsdp import _torchrun
 pytestmark = pytest.mark.e2e
 
 RUN = ["experiment=tiny_causal_lm", "trainer.max_steps=4", "trainer.eval_every_steps=2",
+       "trainer.eval_batch_size=8",  # 4 test batches: 2 scored by each rank
        "trainer.progress=false"]
 REL_TOL = 1e-5
 RANK_LOGS = {"DISTILLKIT_RANK_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}

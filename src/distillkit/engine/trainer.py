@@ -175,8 +175,7 @@ class Distiller:
                 raise TrainingError(f"the loss needs the teacher's {', '.join(missing)} but "
                                     "there is no teacher and the batch does not carry them")
             return None
-        # sharded: no_grad, as FSDP's buffers must not become inference tensors (gathered
-        # outside inference mode later)
+        # sharded: FSDP's buffers must not become inference tensors (gathered later)
         with (torch.no_grad() if self.parallel.sharded else torch.inference_mode()), \
                 self._teacher_autocast():
             out = self.teacher(**inputs, **flags)
@@ -207,9 +206,8 @@ class Distiller:
                             dist=self.dist)
 
     def full_weights(self, *models: nn.Module) -> AbstractContextManager:
-        """Holds the full weights of ``models`` (or of the wrappers the loop runs them in) on
-        every rank of a sharded run, for forward passes outside the loop (evaluation,
-        generation): :func:`~distillkit.engine.sharding.gathered`; a no-op otherwise."""
+        """:func:`~.sharding.gathered` for ``models`` (or the loop's wrappers of them) when
+        sharded: forward passes outside the loop (evaluation, generation); else a no-op."""
         roots = [m for m in (self.student, self.teacher) if m is not None]
         return gathered([r for m in models for r in related_roots(m, roots)]
                         if self.parallel.sharded else [])
