@@ -169,3 +169,40 @@ def test_files_or_hub_reads_files_or_a_hub_name(tmp_path, monkeypatch):
         sources.files_or_hub()
     with pytest.raises(DataError, match="not both"):
         sources.files_or_hub(train=str(train), hub="wikitext")
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_sharded_loaders_split_each_global_batch_of_the_one_process_loader(shuffle):
+    """``shard=(rank, 2)``: every global batch of the one-process loader (same seed) split
+    into two disjoint halves; with shuffling a last batch smaller than the ranks is skipped."""
+    rows = [{"prompt": "where is the dog ?", "response": "the dog sits in the park ."}] * 13
+    data = data_of(rows, format="pairs")
+    one = [b[ROW].tolist() for b in data.loader("train", 4, shuffle=shuffle, seed=5)]
+    ranks = [[b[ROW].tolist() for b in data.loader("train", 4, shuffle=shuffle, seed=5,
+                                                    shard=(r, 2))] for r in (0, 1)]
+    kept = one[:-1] if shuffle else one  # 13 rows: a last global batch of 1
+    assert len(ranks[0]) == len(kept) and len(ranks[1]) == (len(kept) if shuffle else 3)
+    for i, batch in enumerate(kept):
+        halves = [ranks[0][i], ranks[1][i] if i < len(ranks[1]) else []]
+        assert sorted(halves[0] + halves[1]) == sorted(batch)
+        assert not set(halves[0]) & set(halves[1])
+        assert len(halves[0]) == (len(batch) + 1) // 2
+
+
+def test_causal_training_batches_are_each_ranks_share():
+    """CausalLMTask.train_loader hands the loader the run's shard."""
+    from types import SimpleNamespace
+
+    from distillkit.runtime.distributed import DistEnv
+    from distillkit.tasks.causal_lm import CausalLMTask
+
+    rows = [{"prompt": "where is the dog ?", "response": "the dog sits ."}] * 8
+    task = CausalLMTask("causal_lm", {"distil": []})
+    sizes = {}
+    for world in (1, 2):
+        ctx = SimpleNamespace(data=data_of(rows, format="pairs"), details={},
+                              cached_logits=False,
+                              settings=SimpleNamespace(batch_size=4, seed=0),
+                              dist=DistEnv(rank=0, world_size=world, enabled=world > 1))
+        sizes[world] = [len(b[ROW]) for b in task.train_loader(ctx)]
+    assert sizes == {1: [4, 4], 2: [2, 2]}

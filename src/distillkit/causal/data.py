@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 from datasets import Dataset, DatasetDict
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
 from distillkit.causal.encode import (
@@ -41,6 +41,7 @@ from distillkit.causal.encode import (
 )
 from distillkit.causal.token_loss import shift_for_next_token
 from distillkit.data.checks import text_encoding
+from distillkit.data.sampling import ShardedBatchSampler
 from distillkit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -280,14 +281,23 @@ class CausalLMData:
                 ROW: torch.tensor([row for row, _ in examples])}
 
     def loader(self, role: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-               collate: Callable[[list], dict] | None = None) -> DataLoader:
+               collate: Callable[[list], dict] | None = None,
+               shard: tuple[int, int] | None = None) -> DataLoader:
         """Batches of a split; ``collate`` replaces :meth:`collate` (e.g. one that adds cached
-        teacher outputs to its result by :data:`ROW`)."""
+        teacher outputs to its result by :data:`ROW`).
+
+        ``shard`` is ``(rank, world_size)`` in a data-parallel run: ``batch_size`` is the
+        global batch and the loader yields the rank's share of each one
+        (:class:`~distillkit.data.sampling.ShardedBatchSampler`: the same global batches as
+        one process, every rank the same number of batches when shuffling)."""
         rows = list(enumerate(self.encoded[role]))
         generator = torch.Generator().manual_seed(seed)
         sampler = RandomSampler(rows, generator=generator) if shuffle else SequentialSampler(rows)
-        return DataLoader(rows, batch_size=batch_size, sampler=sampler,
-                          collate_fn=collate or self.collate, generator=generator)
+        batches = BatchSampler(sampler, batch_size, drop_last=False)
+        if shard is not None:
+            batches = ShardedBatchSampler(batches, len(rows), batch_size, *shard, even=shuffle)
+        return DataLoader(rows, batch_sampler=batches, collate_fn=collate or self.collate,
+                          generator=generator)
 
     def replace_responses(self, role: str, prompts: list[list[int]],
                           responses: list[list[int]]) -> None:

@@ -127,7 +127,7 @@ def generate_greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence
         input_ids = torch.tensor([list(ids)], device=device)
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                              do_sample=False, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad)
+                             pad_token_id=pad, synced_gpus=False)  # no collective: rank 0
         new = out[0, input_ids.shape[1]:]
         new_tokens += int(new.numel())
         texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())

@@ -115,7 +115,7 @@ def continue_prompts(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_
                 mask[row, width - len(prompt):] = 1
             sequences = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                        max_new_tokens=int(max_new_tokens), pad_token_id=pad,
-                                       **options)
+                                       synced_gpus=False, **options)  # never a collective
             for new in sequences[:, width:].tolist():
                 cut = next((i + 1 for i, t in enumerate(new) if t in stops), len(new))
                 out.append(new[:cut] or new[:1])

@@ -15,6 +15,12 @@ loss and passes a module value of the teacher's outputs through as it is
 child, ``model``, so it shares every parameter with it: exporting the wrapped model
 (``save_pretrained``) saves what was trained, and checkpoints of the loop hold the wrapper's
 state dict (the model's keys under ``model.``), which a resumed run loads into a wrapper again.
+
+Sharded with FSDP (``trainer.sharding=fsdp``), the wrapper is the root that holds the
+embeddings, final norm and output layer; as a
+:class:`~distillkit.engine.sharding.HeadAfterForward` it keeps them gathered after its forward
+pass, so the loss applies the real output layer (not freed shards) and its gradient is
+reduce-scattered with the rest in the backward pass.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from distillkit.engine.sharding import HeadAfterForward
 
-class LeanCausalLM(nn.Module):
+
+class LeanCausalLM(nn.Module, HeadAfterForward):
     """A causal LM whose forward pass returns its last hidden states and its output layer.
 
     Args:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -41,14 +42,18 @@ class OnPolicyBatches:
         stops: ids that end a response.
         seed: the run's seed.
         device: where the student samples.
+        weights: a context in which the student's full weights are at hand (a sharded
+            student's are gathered: :meth:`~distillkit.engine.Distiller.full_weights`); each
+            rank samples for its own share of the batch, without collectives.
     """
 
     def __init__(self, model: nn.Module, collate: Callable[[list], dict], lmbda: float,
                  generation: CausalGeneration, pad: int, stops: set[int], seed: int,
-                 device: torch.device) -> None:
+                 device: torch.device,
+                 weights: Callable[[], AbstractContextManager] = nullcontext) -> None:
         self.model, self.collate, self.lmbda = model, collate, float(lmbda)
         self.generation, self.pad, self.stops = generation, pad, stops
-        self.seed, self.device = int(seed), device
+        self.seed, self.device, self.weights = int(seed), device, weights
 
     def chosen(self, micro: int) -> bool:
         """Whether micro-batch ``micro`` (0-based over the run) is on-policy."""
@@ -63,9 +68,10 @@ class OnPolicyBatches:
             real = ids[mask.bool()].tolist()
             prompts.append(real[:int(length) or max(1, len(real) // 2)])
         g = self.generation
-        responses = continue_prompts(self.model, prompts, max_new_tokens=g.max_new_tokens,
-                                     pad=self.pad, stops=self.stops, device=self.device,
-                                     sample=True, temperature=g.temperature)
+        with self.weights():
+            responses = continue_prompts(self.model, prompts, max_new_tokens=g.max_new_tokens,
+                                         pad=self.pad, stops=self.stops, device=self.device,
+                                         sample=True, temperature=g.temperature)
         examples = [(int(row), Encoded(p + r, [IGNORE] * len(p) + r, len(p)))
                     for row, p, r in zip(batch[ROW].tolist(), prompts, responses, strict=True)]
         out = self.collate(examples)

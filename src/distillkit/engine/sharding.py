@@ -46,6 +46,19 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _LOAD_FULL = StateDictOptions(full_state_dict=True)
 
 
+class HeadAfterForward:
+    """Marks a module whose forward pass returns one of its own layers for the caller to apply
+    afterwards (:class:`~distillkit.causal.lean.LeanCausalLM` returns its output layer; the
+    loss applies it chunk by chunk). Sharded, such a root keeps its gathered weights after its
+    forward pass, so the layer holds real tensors (not freed shards) when it is applied and its
+    gradient reaches FSDP's reduce-scatter; the backward pass (or :func:`release`, for a
+    frozen teacher) shards them again."""
+
+
+def _reshards_after_forward(module: nn.Module) -> bool:
+    return not isinstance(module, HeadAfterForward)
+
+
 def check_sharding(sharding: str, world_size: int, compile_: bool = False) -> None:
     """Refuses ``trainer.sharding`` values and combinations that cannot run.
 
@@ -105,7 +118,7 @@ def shard_model(model: nn.Module, frozen: bool = False) -> nn.Module:
     blocks = block_modules(model)
     for block in blocks:
         fully_shard(block, reshard_after_forward=True)
-    fully_shard(model, reshard_after_forward=True)
+    fully_shard(model, reshard_after_forward=_reshards_after_forward(model))
     log.info("FSDP: %s %s sharded in %d blocks + root", "teacher" if frozen else "model",
              type(model).__name__, len(blocks))
     return model
@@ -148,15 +161,25 @@ def gathered(models: list[nn.Module]) -> Iterator[None]:
     (each evaluates its own shard of a split). On exit the weights are sharded again.
     """
     modules = fsdp_modules(*models)
+    for root in models:
+        if isinstance(root, FSDPModule):  # its blocks may now run before the root has run
+            root._get_fsdp_state()._lazy_init()  # (which names the root): name it first
     for m in modules:
         m.unshard()
-        m.set_reshard_after_forward(False)
+        m.set_reshard_after_forward(False, recurse=False)
     try:
         yield
     finally:
         for m in modules:
-            m.set_reshard_after_forward(True)
+            m.set_reshard_after_forward(_reshards_after_forward(m), recurse=False)
             m.reshard()
+
+
+def release(model: nn.Module) -> None:
+    """Shards the gathered weights of a sharded forward-only model again (a frozen
+    :class:`HeadAfterForward` teacher once the loss has applied its layer)."""
+    for m in fsdp_modules(model):
+        m.reshard()
 
 
 @contextmanager

@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ from distillkit.engine.resume import (
     restore_rng,
 )
 from distillkit.engine.settings import EngineSettings
-from distillkit.engine.sharding import gathered, related_roots, shard_model
+from distillkit.engine.sharding import gathered, related_roots, release, shard_model
 from distillkit.errors import TrainingError
 from distillkit.losses.contract import KDLoss
 from distillkit.runtime.distributed import SINGLE, DistEnv
@@ -175,7 +175,9 @@ class Distiller:
                 raise TrainingError(f"the loss needs the teacher's {', '.join(missing)} but "
                                     "there is no teacher and the batch does not carry them")
             return None
-        with torch.inference_mode(), self._teacher_autocast():
+        # sharded: FSDP's buffers must not become inference tensors (gathered later)
+        with (torch.no_grad() if self.parallel.sharded else torch.inference_mode()), \
+                self._teacher_autocast():
             out = self.teacher(**inputs, **flags)
         return plain_outputs(out)
 
@@ -198,11 +200,17 @@ class Distiller:
         floating = next((p for p in model.parameters() if p.is_floating_point()), None)
         dtype = self.autocast_dtype if floating is None or floating.dtype == torch.float32 \
             else None
-        roots = [m for m in (self.student, self.teacher) if m is not None]
-        with gathered(related_roots(model, roots) if self.parallel.sharded else []):
+        with self.full_weights(model):
             return evaluate(model, loader, self.device, dtype, desc=desc,
                             progress=self.settings.progress and self.dist.is_main,
                             dist=self.dist)
+
+    def full_weights(self, *models: nn.Module) -> AbstractContextManager:
+        """:func:`~.sharding.gathered` for ``models`` (or the loop's wrappers of them) when
+        sharded: forward passes outside the loop (evaluation, generation); else a no-op."""
+        roots = [m for m in (self.student, self.teacher) if m is not None]
+        return gathered([r for m in models for r in related_roots(m, roots)]
+                        if self.parallel.sharded else [])
 
     def _eval_student(self, loader: DataLoader | None, step: int, result: TrainResult) -> None:
         if loader is None:
@@ -360,6 +368,8 @@ class Distiller:
                     inputs, flags, teacher_out, batch_on_device,
                     sync=(micro + 1) % s.grad_accum_steps == 0, autocast=self._autocast(),
                     backward=backward)
+                if self.parallel.sharded and self.teacher is not None:
+                    release(self.teacher)  # a teacher's root kept for its head: shard it again
                 micro += 1
                 watch.note(step + 1, out.total, out.terms)  # every micro-batch of the step
                 if micro % s.grad_accum_steps:

@@ -21,11 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import set_seed
 
-from distillkit.causal.evaluate import generate_side_by_side, score_models
+from distillkit.causal.evaluate import generate_side_by_side
 from distillkit.causal.generation import pad_id, stop_ids
 from distillkit.causal.lean import LeanCausalLM
 from distillkit.causal.models import CausalBundle
 from distillkit.causal.on_policy import OnPolicyBatches
+from distillkit.causal.rank_scores import score_shared
 from distillkit.causal.sequence_kd import sequence_kd_targets
 from distillkit.causal.targets import cache_train_topk, topk_collate
 from distillkit.causal.vocab import align_vocab
@@ -57,9 +58,6 @@ class CausalLMTask(Task):
 
     def check(self, cfg: DictConfig, dist: Any) -> None:
         super().check(cfg, dist)
-        if dist.enabled:
-            raise ConfigError("task=causal_lm runs in one process for now; launch it without "
-                              "torchrun/accelerate")
         set_keys = [k for k in _FINETUNE_KEYS if k in cfg.teacher]
         if set_keys:
             raise ConfigError(f"teacher.{set_keys[0]} is set, but task=causal_lm uses the "
@@ -149,14 +147,15 @@ class CausalLMTask(Task):
         student, tokenizer = ctx.student.model, ctx.student.tokenizer
         return OnPolicyBatches(student, ctx.data.collate, loss.lmbda, loss.generation,
                                pad_id(tokenizer), stop_ids(student, tokenizer),
-                               ctx.settings.seed, ctx.settings.resolve_device())
+                               ctx.settings.seed, ctx.settings.resolve_device(),
+                               weights=lambda: ctx.distiller.full_weights(student))
 
     def train_loader(self, ctx: RunContext) -> Any:
         """The training batches (carrying the teacher's top-k targets when they are cached)."""
         cache = ctx.details.get("teacher_topk")
         collate = topk_collate(ctx.data, cache) if ctx.cached_logits else None
         return ctx.data.loader("train", ctx.settings.batch_size, shuffle=True,
-                               seed=ctx.settings.seed, collate=collate)
+                               seed=ctx.settings.seed, collate=collate, shard=ctx.dist.shard())
 
     def _batches(self, ctx: RunContext, role: str) -> list[dict]:
         return list(ctx.data.loader(role, ctx.settings.eval_batch_size))
@@ -167,8 +166,11 @@ class CausalLMTask(Task):
         vocab = ctx.details["vocab_size"]
 
         def evaluate(model: Any, source: Any, desc: str) -> dict[str, Any]:
-            return score_models(ctx.student.model, None, source, ctx.distiller.device, vocab,
-                                student_dtype=ctx.distiller.autocast_dtype)["student"]
+            distiller = ctx.distiller
+            with distiller.full_weights(ctx.student.model):  # sharded: gathered (no collective)
+                return score_shared(ctx.dist, ctx.student.model, None, source,
+                                    device=distiller.device, vocab_size=vocab,
+                                    student_dtype=distiller.autocast_dtype)["student"]
         return evaluate, batches
 
     def evaluate(self, ctx: RunContext) -> Evaluation:
@@ -177,14 +179,18 @@ class CausalLMTask(Task):
         device, vocab = distiller.device, ctx.details["vocab_size"]
         teacher, student = ctx.teacher.model, ctx.student.model
         frozen(teacher, device, distiller.teacher_dtype)
-        scores = score_models(student, teacher, self._batches(ctx, role), device, vocab,
-                              student_dtype=distiller.autocast_dtype)
         prompts = data.prompts(role, data.num_generations)
-        rows, speed = generate_side_by_side(teacher, student, ctx.student.tokenizer, prompts,
-                                            data.max_new_tokens, device)
-        if ctx.dist.is_main:
-            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            write_file(ctx.out_dir / GENERATIONS, lambda fh: fh.write(text.encode()))
+        with distiller.full_weights(student, teacher):  # each rank scores its share
+            scores = score_shared(ctx.dist, student, teacher, self._batches(ctx, role),
+                                  device=device, vocab_size=vocab,
+                                  student_dtype=distiller.autocast_dtype)
+            speed = None
+            if ctx.dist.is_main:  # rank 0 alone generates and writes
+                rows, speed = generate_side_by_side(teacher, student, ctx.student.tokenizer,
+                                                    prompts, data.max_new_tokens, device)
+                text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+                write_file(ctx.out_dir / GENERATIONS, lambda fh: fh.write(text.encode()))
+        speed = ctx.dist.broadcast_object(speed)
         for who in ("teacher", "student"):
             model = teacher if who == "teacher" else student
             scores[who].update(params=count_parameters(model),
@@ -195,9 +201,9 @@ class CausalLMTask(Task):
                      f"KL {scores[who]['kl']:.4f}", speed[who])
         validation = None
         if self.objective(ctx.cfg, METRIC) == "validation":
-            validation = scores["student"] if role == "eval" else score_models(
-                student, None, self._batches(ctx, "eval"), device, vocab,
-                student_dtype=distiller.autocast_dtype)["student"]
+            score, batches = self.evaluator(ctx)
+            validation = scores["student"] if role == "eval" else score(student, batches,
+                                                                        "validation")
         return Evaluation(split=data.split_names[role], role=role, teacher=scores["teacher"],
                           student=scores["student"], validation=validation)
 
