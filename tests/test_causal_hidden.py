@@ -90,10 +90,14 @@ def test_bad_hidden_weight_is_refused(options, phrase):
         causal_hidden(**options)
 
 
-def test_widths_differ_without_a_projection_is_refused():
-    loss = causal_hidden()
-    with pytest.raises(ConfigError, match="set loss.projection"):
-        loss.bind([LayerPair(1, 2)], student_width=16, teacher_width=32)
+@pytest.mark.parametrize(("pairs", "widths", "phrase"), [
+    ([LayerPair(1, 2)], (16, 32), "set loss.projection"),  # differing widths, no projection
+    ([], (16, 16), "gives them no pairs; choose a mapping"),  # mapping=none
+    ([LayerPair(1, 2, loss="attention_kl")], (16, 16), "its intermediate terms: hidden_mse"),
+])
+def test_bad_bindings_are_refused(pairs, widths, phrase):
+    with pytest.raises(ConfigError, match=phrase):
+        causal_hidden().bind(pairs, *widths)
 
 
 def test_hidden_weight_zero_is_the_token_loss_alone():
