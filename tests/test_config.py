@@ -99,7 +99,7 @@ def test_hydra_output_layout(compose_cfg):
     assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.override_dirname}"
 
 
-@pytest.mark.parametrize("loss", ["mmd", "tinybert", "hidden"])
+@pytest.mark.parametrize("loss", ["mmd", "tinybert", "hidden", "causal_hidden"])
 def test_intermediate_presets_pick_uniform_mapping_unless_overridden(compose_cfg, loss):
     assert compose_cfg([f"loss={loss}"]).mapping._target_.endswith("uniform_mapping")
     assert compose_cfg([f"loss={loss}", "mapping=last"]).mapping._target_.endswith(
@@ -122,7 +122,7 @@ CAUSAL = [(g, o) for g, o in OPTIONS if g in TASK_GROUPS and any(
 def test_the_causal_options_are_found():
     assert {("teacher", "smollm2"), ("teacher", "causal_hub"), ("student", "smollm2_copy"),
             ("student", "smollm2_small"), ("data", "causal_chat"), ("data", "snli_pairs"),
-            ("loss", "causal_kd"), ("loss", "causal_ce")} <= set(CAUSAL)
+            ("loss", "causal_kd"), ("loss", "causal_ce"), ("loss", "causal_hidden")} <= set(CAUSAL)
 
 
 @pytest.mark.parametrize(("group", "option"), CAUSAL, ids=[f"{g}={o}" for g, o in CAUSAL])

@@ -192,6 +192,16 @@ class CausalLossSchema:
 
 
 @dataclass
+class CausalHiddenLossSchema(CausalLossSchema):
+    """``loss=causal_hidden`` (:func:`distillkit.causal.hidden_loss.causal_hidden`): the token
+    loss plus ``hidden_weight`` * a hidden-state MSE over the layer mapping."""
+
+    _target_: str = "distillkit.causal.hidden_loss.causal_hidden"
+    hidden_weight: float = 1.0  # weight of the hidden-state term (0: none)
+    projection: Any = None  # partial (student_width, teacher_width) -> module
+
+
+@dataclass
 class CausalDataSchema:
     """Keys of :class:`distillkit.causal.data.CausalLMData` (``task=causal_lm``)."""
 
@@ -246,4 +256,5 @@ def register_schemas() -> None:
     cs.store(group="loss", name="step_by_step_schema", node=StepByStepSchema)
     cs.store(group="data", name="seq2seq_data_schema", node=Seq2SeqDataSchema)
     cs.store(group="loss", name="causal_loss_schema", node=CausalLossSchema)
+    cs.store(group="loss", name="causal_hidden_loss_schema", node=CausalHiddenLossSchema)
     cs.store(group="data", name="causal_data_schema", node=CausalDataSchema)

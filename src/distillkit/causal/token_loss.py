@@ -78,7 +78,7 @@ class TokenDistillationLoss(KDLoss):
       ``lm_head`` (the ``nn.Linear`` output layer; its weight ``[V, H]`` and bias) when
       ``hidden_states_last`` is present: the lean path, where no full logits exist; otherwise
       ``logits`` (``[batch, seq, V]``; fine for small models and tests).
-    * ``teacher`` (read only when :attr:`needs_teacher`): ``topk`` (a
+    * ``teacher`` (read only when :attr:`uses_kd`): ``topk`` (a
       :class:`~distillkit.causal.topk.TopKTargets` with leading dims ``[batch, seq]``) if
       present, else ``hidden_states_last`` + ``lm_head`` if present, else ``logits``.
     * ``batch``: ``labels`` aligned with the positions (:func:`shift_for_next_token`;
@@ -134,7 +134,7 @@ class TokenDistillationLoss(KDLoss):
         if not 0.0 <= float(lmbda) <= 1.0:
             raise ConfigError(f"loss.lmbda={lmbda} is outside [0, 1]; it is the share of "
                               "batches the student samples (0: off, GKD uses e.g. 0.5)")
-        if lmbda > 0 and not self.needs_teacher:
+        if lmbda > 0 and not self.uses_kd:
             raise ConfigError(f"loss.lmbda={lmbda} samples on-policy batches for the teacher to "
                               "score, but this loss has no KD term (loss.alpha=0); set "
                               "loss.alpha > 0 or loss.lmbda=0")
@@ -143,9 +143,15 @@ class TokenDistillationLoss(KDLoss):
         self.sequence_kd = self.generation.as_dict() if seq_kd else None
 
     @property
-    def needs_teacher(self) -> bool:
+    def uses_kd(self) -> bool:
         """Whether the KD term runs (a divergence and ``alpha > 0``)."""
         return self.divergence is not None and self.alpha > 0
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether :meth:`forward` reads the teacher: when the KD term runs (a subclass with
+        teacher terms of its own widens this)."""
+        return self.uses_kd
 
     def required_features(self) -> set[str]:
         """``{"logits"}``: the engine's feature set does not name last hidden states yet."""
@@ -163,15 +169,15 @@ class TokenDistillationLoss(KDLoss):
         Returns:
             The total and the logged terms ``kd`` and ``hard``.
         """
-        if self.needs_teacher and teacher is None:
+        if self.uses_kd and teacher is None:
             raise ValueError("TokenDistillationLoss needs teacher outputs but got None")
-        scale = self.divergence.scale(self.temperature) if self.needs_teacher else 0.0
+        scale = self.divergence.scale(self.temperature) if self.uses_kd else 0.0
         kd_weight = self.alpha * scale
         ce_weight = 0.0 if ON_POLICY in batch else 1.0 - self.alpha
         size = self.vocab_size
         out = token_losses(
             _student_side(student, size),
-            _teacher_side(teacher, size) if self.needs_teacher else None,
+            _teacher_side(teacher, size) if self.uses_kd else None,
             batch["labels"], self.divergence, self.temperature, kd_weight=kd_weight,
             ce_weight=ce_weight, mask=batch["attention_mask"], chunk_tokens=self.chunk_tokens)
         terms: dict[str, torch.Tensor] = {}

@@ -48,7 +48,8 @@ TASK = (
     "distillkit.tasks.classification.ClassificationTask", "distillkit.tasks.seq2seq.Seq2SeqTask",
     # task=causal_lm (distillkit.causal)
     "distillkit.tasks.causal_lm.CausalLMTask", "distillkit.causal.data.CausalLMData",
-    "distillkit.causal.losses.causal_kd", "distillkit.causal.models.smollm2_teacher",
+    "distillkit.causal.losses.causal_kd", "distillkit.causal.hidden_loss.causal_hidden",
+    "distillkit.causal.models.smollm2_teacher",
     "distillkit.causal.models.hub_causal_lm", "distillkit.causal.models.small_llama_student",
     "distillkit.causal.copied.copied_causal_student", "distillkit.causal.tiny.tiny_llama",
     "distillkit.causal.sources.tiny_text", "distillkit.causal.sources.snli_text",

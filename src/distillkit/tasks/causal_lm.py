@@ -53,7 +53,7 @@ class CausalLMTask(Task):
     option_hint = ("a causal_lm option (teacher=smollm2|causal_hub|tiny_llama, "
                    "student=smollm2_copy|smollm2_small|tiny_llama_student, data=causal_text|"
                    "causal_pairs|causal_chat|snli_text|snli_pairs|tiny_causal, loss=causal_kd|"
-                   "causal_rkl|causal_jsd|causal_tvd|causal_skew_kl|causal_ce) or "
+                   "causal_rkl|causal_jsd|causal_tvd|causal_skew_kl|causal_ce|causal_hidden) or "
                    "experiment=tiny_causal_lm|smollm2_kd")
 
     def check(self, cfg: DictConfig, dist: Any) -> None:
@@ -70,7 +70,9 @@ class CausalLMTask(Task):
     def build(self, ctx: RunContext) -> None:
         """Data, the teacher as given, the student on it, the loss with the shared
         vocabulary size (:func:`~distillkit.causal.vocab.align_vocab`: padding rows aligned,
-        other tokenizers refused); the data is tokenised with the teacher's tokenizer."""
+        other tokenizers refused) bound to the layer mapping (``ctx.pairs``, resolved against
+        the decoder layer counts; a bad index fails here); the data is tokenised with the
+        teacher's tokenizer."""
         cfg, settings = ctx.cfg, ctx.settings
         ctx.data = data = instantiate(cfg.data)
         ctx.teacher_plan = TeacherPlan(modes={"teacher": (False, None)})
@@ -81,6 +83,10 @@ class CausalLMTask(Task):
         vocab = align_vocab(student.vocab_size, teacher.vocab_size,
                             student.tokenizer.get_vocab(), teacher.tokenizer.get_vocab())
         ctx.loss = instantiate(cfg.loss, vocab_size=vocab)
+        ctx.pairs = instantiate(cfg.mapping)(teacher_layers=teacher.num_layers,
+                                             student_layers=student.num_layers)
+        ctx.loss.bind(ctx.pairs, student_width=student.hidden_size,
+                      teacher_width=teacher.hidden_size)
         ctx.details["vocab_size"] = vocab
         data.tokenize(teacher.tokenizer)
         ctx.teacher, ctx.student = teacher, student
@@ -106,6 +112,10 @@ class CausalLMTask(Task):
         k = int(trainer.get("teacher_topk", 0) or 0)
         if not (k and loss.needs_teacher and trainer.get("teacher_cache", True)):
             return origins or "skipped"
+        if loss.teacher_features():
+            log.info("trainer.teacher_topk=%d: the loss reads the teacher's hidden states, which "
+                     "its top-k cache does not hold; the teacher runs live", k)
+            return origins or "skipped"
         if ctx.settings.teacher_dropout:
             log.info("trainer.teacher_dropout=true: the teacher's outputs change every pass, "
                      "its top-k targets are not cached")
@@ -129,6 +139,10 @@ class CausalLMTask(Task):
                  f"{count_parameters(ctx.teacher.model):,}", ctx.student.name,
                  f"{count_parameters(ctx.student.model):,}", len(ctx.data.encoded["train"]),
                  ctx.data.num_tokens("train"))
+        if ctx.pairs:
+            log.info("layer mapping (student-teacher): %s; intermediate terms: %s",
+                     ", ".join(f"{p.student}-{p.teacher}" for p in ctx.pairs),
+                     ctx.loss.describe_layers())
 
     def train_modules(self, ctx: RunContext) -> tuple[nn.Module, nn.Module | None]:
         """Both models wrapped in :class:`~distillkit.causal.lean.LeanCausalLM` (the teacher
