@@ -32,6 +32,7 @@ ROWS = {
     "rkl": ["loss.divergence=rkl"],
     "tvd": ["loss.divergence=tvd"],
     "skl": ["loss.divergence=skl"],
+    "alpha0.2": ["loss.alpha=0.2"],
 }
 TOPK_ROWS = ("k8", "k32", "k128")
 
@@ -53,26 +54,46 @@ def run(name: str, overrides: list[str], out: Path, extra: list[str]) -> dict:
     return {"metrics": metrics, "wall": wall}
 
 
+def _val(metrics: dict) -> float | None:
+    """The validation perplexity at the last evaluation during training."""
+    evals = metrics["train"]["evals"]
+    return -evals[-1]["neg_perplexity"] if evals else None
+
+
+def _share(gain: float | None, dense: float | None) -> str:
+    return "" if gain is None or not dense or dense <= 0 else f"{gain / dense:.1%}"
+
+
 def table(results: dict[str, dict], extra: list[str]) -> str:
-    ce = results.get("ce")
-    dense = results.get("dense")
-    ce_ppl = ce["metrics"]["student"]["perplexity"] if ce else None
-    gain_dense = (ce_ppl - dense["metrics"]["student"]["perplexity"]) if ce and dense else 0.0
-    lines = ["| row | overrides | student ppl | agreement | KL | gain over CE | share of dense "
-             "gain | B/token | distil s | wall s |", "|" + "---|" * 10]
+    """The markdown table; gains are against the ``ce`` row, shares against ``dense``."""
+    def value(name: str, get) -> float | None:
+        return get(results[name]["metrics"]) if name in results else None
+
+    ppl = lambda m: m["student"]["perplexity"]  # noqa: E731
+    kl = lambda m: m["student"]["kl"]  # noqa: E731
+    ce_ppl, ce_val, ce_kl = value("ce", ppl), value("ce", _val), value("ce", kl)
+    dense_gain = {k: None if c is None or value("dense", f) is None else c - value("dense", f)
+                  for k, c, f in (("ppl", ce_ppl, ppl), ("val", ce_val, _val),
+                                  ("kl", ce_kl, kl))}
+    lines = ["| row | overrides | test ppl | val ppl | agreement | KL | test ppl gain over CE | "
+             "val ppl gain over CE | KL gain: share of dense | B/token | distil s | wall s |",
+             "|" + "---|" * 12]
     for name, r in results.items():
         m = r["metrics"]
         s = m["student"]
-        gain = ce_ppl - s["perplexity"] if ce_ppl is not None else None
-        share = (gain / gain_dense if name in TOPK_ROWS and gain is not None and gain_dense > 0
-                 else None)
+        gains = {"ppl": None if ce_ppl is None else ce_ppl - s["perplexity"],
+                 "val": None if ce_val is None or _val(m) is None else ce_val - _val(m),
+                 "kl": None if ce_kl is None else ce_kl - s["kl"]}
         topk = m.get("teacher_topk") or {}
+        own = name == "ce"
         cells = [name, " ".join(ROWS[name] + extra) or "(none)", f"{s['perplexity']:.3f}",
+                 "" if _val(m) is None else f"{_val(m):.3f}",
                  f"{s['agreement']:.4f}", f"{s['kl']:.4f}",
-                 "" if gain is None or name == "ce" else f"{gain:+.3f}",
-                 "" if share is None else f"{share:.1%}",
+                 "" if own or gains["ppl"] is None else f"{gains['ppl']:+.3f}",
+                 "" if own or gains["val"] is None else f"{gains['val']:+.3f}",
+                 "" if own or name not in TOPK_ROWS else _share(gains["kl"], dense_gain["kl"]),
                  f"{topk['bytes_per_token']:.0f}" if topk.get("bytes_per_token") else
-                 ("98304 (not stored)" if name != "ce" else ""),
+                 ("" if own else "98304 (dense, not stored)"),
                  f"{m['train']['seconds']:.0f}", "" if r["wall"] is None else f"{r['wall']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(results.values()))["metrics"]
