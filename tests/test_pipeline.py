@@ -113,8 +113,8 @@ def test_help_lists_the_options_of_each_group_and_no_schema():
     for folder in (p for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"):
         options = sorted(p.stem for p in folder.glob("*.yaml"))
         assert f"{folder.name}: {', '.join(options)}" in out
-    assert ("loss: causal_ce, causal_jsd, causal_kd, causal_rkl, causal_skew_kl, causal_tvd, "
-            "hard, hidden, kd, kl, meta_kd, mmd, mse_logits, seq_hard, seq_kd") in out
+    assert ("loss: causal_ce, causal_hidden, causal_jsd, causal_kd, causal_rkl, causal_skew_kl, "
+            "causal_tvd, hard, hidden, kd, kl, meta_kd, mmd, mse_logits, seq_hard, seq_kd") in out
 
 
 def test_origins_name_only_known_words():
