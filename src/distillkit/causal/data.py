@@ -50,6 +50,12 @@ ROW = "loss_row"
 PROMPT_LENGTH = "loss_prompt_length"
 
 
+def prompt_end(prompt_length: int, tokens: int) -> int:
+    """Where an example's prompt ends: its prompt length, or for plain text (no prompt) half
+    of its tokens (at least one)."""
+    return int(prompt_length) or max(1, tokens // 2)
+
+
 class CausalLMData:
     """Text for a causal LM: one format, three splits, tokenised by the teacher's tokenizer.
 
@@ -316,6 +322,6 @@ class CausalLMData:
         ids)``: up to the prompt length, or for plain text its first half."""
         out = []
         for ex in self.encoded[role][:n]:
-            cut = ex.prompt_length or max(1, len(ex.input_ids) // 2)
+            cut = prompt_end(ex.prompt_length, len(ex.input_ids))
             out.append((ex.input_ids[:cut], ex.input_ids[cut:]))
         return out

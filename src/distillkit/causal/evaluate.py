@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillkit.causal.encode import IGNORE
+from distillkit.causal.generation import pad_id
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -120,8 +121,7 @@ def generate_greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequence
     was_training = model.training
     model.eval()
     texts, new_tokens = [], 0
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-        else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     start = time.perf_counter()
     for ids in prompts:
         input_ids = torch.tensor([list(ids)], device=device)

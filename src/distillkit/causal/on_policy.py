@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
-from distillkit.causal.data import PROMPT_LENGTH, ROW
+from distillkit.causal.data import PROMPT_LENGTH, ROW, prompt_end
 from distillkit.causal.encode import IGNORE, Encoded
 from distillkit.causal.generation import CausalGeneration, continue_prompts
 from distillkit.causal.token_loss import ON_POLICY
@@ -66,7 +66,7 @@ class OnPolicyBatches:
         for ids, mask, length in zip(batch["input_ids"], batch["attention_mask"],
                                      batch[PROMPT_LENGTH], strict=True):
             real = ids[mask.bool()].tolist()
-            prompts.append(real[:int(length) or max(1, len(real) // 2)])
+            prompts.append(real[:prompt_end(length, len(real))])
         g = self.generation
         with self.weights():
             responses = continue_prompts(self.model, prompts, max_new_tokens=g.max_new_tokens,

@@ -3,7 +3,7 @@ trains on the teacher's own responses to the training prompts instead of the dat
 
 The teacher-targets stage decodes every training prompt once (greedy, or beam search with
 ``loss.generation.num_beams``; at most ``loss.generation.max_new_tokens`` tokens) and caches
-the responses' token ids under ``<cache>/generations/causal-<key>.json``, where the key hashes
+the responses' token ids under ``<cache>/generations/<key>.json``, where the key hashes
 the teacher's weights, the prompts' ids, those settings and the teacher's precision (the same
 lock as the other teacher caches: one sweep job decodes, the others read). The training
 examples then become ``prompt + teacher response`` with the response learnt
@@ -26,10 +26,9 @@ from distillkit.causal.models import CausalBundle
 from distillkit.engine import frozen
 from distillkit.engine.settings import EngineSettings
 from distillkit.models.bundle import update_weights_digest
-from distillkit.runtime.assets import cache_root
 from distillkit.runtime.io import write_file, write_json
 from distillkit.runtime.locks import file_lock
-from distillkit.teachers.outputs import ids_key
+from distillkit.teachers.outputs import ids_key, keyed_entry
 
 log = logging.getLogger(__name__)
 ROLE = "train"
@@ -55,9 +54,8 @@ def sequence_kd_targets(teacher: CausalBundle, data: CausalLMData, settings: Eng
     weights = hashlib.sha256()
     update_weights_digest(teacher.model, weights)
     fields = {"max_new_tokens": generation.max_new_tokens, "num_beams": generation.num_beams}
-    key = ids_key(weights, [prompts], None, dtype) + hashlib.sha256(
-        json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
-    path = cache_root() / "generations" / f"causal-{key}.json"
+    path = keyed_entry("generations", ids_key(weights, [prompts], None, dtype),
+                       {"task": "causal_lm", **fields}).with_suffix(".json")
     seconds = 0.0
     with file_lock(path.with_suffix(".lock")):
         if path.exists():
