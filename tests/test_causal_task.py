@@ -21,7 +21,6 @@ from distillkit.causal.tiny import tiny_llama
 from distillkit.causal.token_loss import TokenDistillationLoss
 from distillkit.engine.outputs import plain_outputs
 from distillkit.errors import ConfigError
-from distillkit.runtime.distributed import SINGLE
 from distillkit.tasks.base import check_options
 from distillkit.tasks.causal_lm import CausalLMTask
 from distillkit.tasks.classification import ClassificationTask
@@ -131,14 +130,6 @@ def test_each_task_accepts_its_own_options_and_names_the_owner_of_others():
         check_options(_cfg(), seq2seq)
     with pytest.raises(ConfigError, match="is a seq2seq option but task=causal_lm"):
         check_options(_cfg(loss="distillkit.seq2seq.StepByStepLoss"), causal)
-
-
-def test_a_finetune_key_on_the_causal_teacher_is_refused():
-    cfg = _cfg()
-    cfg.teacher.finetune = "auto"
-    cfg.general = None
-    with pytest.raises(ConfigError, match="teacher as given and never fine-tunes it; remove teacher.finetune"):
-        CausalLMTask("causal_lm", {"distil": []}).check(cfg, SINGLE)
 
 
 def test_causal_hub_remote_code_from_a_config_file_is_refused(compose_cfg):

@@ -3,8 +3,9 @@ token by token; judged by held-out perplexity, agreement with the teacher and KL
 
 The task's parts of the shared stages: data, evaluation and losses live in
 :mod:`distillkit.causal` (:mod:`~distillkit.causal.data`, :mod:`~distillkit.causal.evaluate`,
-:mod:`~distillkit.causal.losses`). The teacher is used as given (never fine-tuned here); the
-loop runs both models through :class:`~distillkit.causal.lean.LeanCausalLM` (last hidden
+:mod:`~distillkit.causal.losses`); the teacher stage uses the teacher as given unless
+``teacher.finetune=true`` (:mod:`distillkit.causal.teacher_stage`: fine-tuned on the train split
+once, cached). The loop runs both models through :class:`~distillkit.causal.lean.LeanCausalLM` (last hidden
 states and the output layer, no full-vocabulary logits); the headline metric is
 ``neg_perplexity`` (``-perplexity``: higher is better, as best-checkpoint selection and
 sweeps need); ``retention`` is ``teacher perplexity / student perplexity``.
@@ -17,7 +18,7 @@ import logging
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import nn
 from transformers import set_seed
 
@@ -29,6 +30,7 @@ from distillkit.causal.on_policy import OnPolicyBatches
 from distillkit.causal.rank_scores import score_shared
 from distillkit.causal.sequence_kd import sequence_kd_targets
 from distillkit.causal.targets import cache_train_topk, topk_collate
+from distillkit.causal.teacher_stage import prepare_causal_teacher
 from distillkit.causal.vocab import align_vocab
 from distillkit.engine import frozen
 from distillkit.errors import ConfigError
@@ -36,12 +38,11 @@ from distillkit.models import count_parameters
 from distillkit.pipeline.context import Evaluation, RunContext, TeacherPlan
 from distillkit.runtime.io import write_file
 from distillkit.tasks.base import Evaluator, Task
+from distillkit.teachers.finetune import FinetuneSettings, stage_settings
 
 log = logging.getLogger(__name__)
 METRIC = "neg_perplexity"
 GENERATIONS = "generations.jsonl"
-# teacher keys of the other tasks' teacher stage, which this task does not have
-_FINETUNE_KEYS = ("finetune", "finetune_settings")
 
 
 class CausalLMTask(Task):
@@ -56,14 +57,6 @@ class CausalLMTask(Task):
                    "causal_rkl|causal_jsd|causal_tvd|causal_skew_kl|causal_ce|causal_hidden) or "
                    "experiment=tiny_causal_lm|smollm2_kd")
 
-    def check(self, cfg: DictConfig, dist: Any) -> None:
-        super().check(cfg, dist)
-        set_keys = [k for k in _FINETUNE_KEYS if k in cfg.teacher]
-        if set_keys:
-            raise ConfigError(f"teacher.{set_keys[0]} is set, but task=causal_lm uses the "
-                              "causal teacher as given and never fine-tunes it; remove "
-                              f"teacher.{set_keys[0]}")
-
     def metric(self, ctx: RunContext) -> str:
         return METRIC
 
@@ -75,9 +68,15 @@ class CausalLMTask(Task):
         teacher's tokenizer."""
         cfg, settings = ctx.cfg, ctx.settings
         ctx.data = data = instantiate(cfg.data)
-        ctx.teacher_plan = TeacherPlan(modes={"teacher": (False, None)})
+        spec = OmegaConf.to_container(cfg.teacher, resolve=True)
+        mode, ft = stage_settings(spec)
+        if ft.meta():
+            raise ConfigError("teacher.finetune_settings domains/sample_weights/"
+                              "domain_loss_weight (Meta-KD) apply to task=classification "
+                              "only; remove them")
+        ctx.teacher_plan = TeacherPlan(modes={"teacher": (mode, ft)})
         set_seed(settings.seed)
-        teacher: CausalBundle = instantiate(OmegaConf.to_container(cfg.teacher, resolve=True))()
+        teacher: CausalBundle = instantiate(spec)()
         set_seed(settings.seed)  # the student starts alike in every run
         student: CausalBundle = instantiate(cfg.student)(teacher=teacher)
         vocab = align_vocab(student.vocab_size, teacher.vocab_size,
@@ -92,9 +91,15 @@ class CausalLMTask(Task):
         ctx.teacher, ctx.student = teacher, student
 
     def finetune(self, ctx: RunContext, teacher: CausalBundle, mode: Any,
-                 settings: Any) -> CausalBundle:
-        """The causal teacher is used as given."""
-        return teacher
+                 settings: FinetuneSettings) -> CausalBundle:
+        """The teacher as given, or fine-tuned on the train split (``teacher.finetune=true``;
+        :mod:`distillkit.causal.teacher_stage`). The student keeps the layers it copied from
+        the given teacher."""
+        tuned, info = prepare_causal_teacher(teacher, mode, settings, ctx.data, ctx.settings,
+                                             ctx.details["vocab_size"])
+        if info is not None:
+            ctx.details["teacher_finetune"] = info
+        return tuned
 
     def teacher_targets(self, ctx: RunContext) -> Any:
         """The teacher's responses for sequence-level KD (``loss.seq_kd``), then with
@@ -249,6 +254,8 @@ class CausalLMTask(Task):
                                     "of": micro}
         if "teacher_topk" in ctx.details:
             metrics["teacher_topk"] = ctx.details["teacher_topk"].record()
+        if "teacher_finetune" in ctx.details:
+            metrics["teacher_finetune"] = ctx.details["teacher_finetune"]
         if ev.validation is not None:
             metrics["validation"] = {"split": data.split_names["eval"], "student": ev.validation}
         return metrics
