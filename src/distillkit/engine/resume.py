@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from distillkit.errors import TrainingError
+
 
 class CheckpointSink(Protocol):
     """Receives training-state payloads from :meth:`Distiller.fit`."""
@@ -77,3 +79,26 @@ def restore_epoch_rng(loader: Any, state: dict[str, Any]) -> None:
     if generator is not None and state.get("generator") is not None:
         generator.set_state(state["generator"])
     torch.set_rng_state(state["torch"])
+
+
+def check_total_steps(resume: dict[str, Any], total_steps: int) -> None:
+    """Refuses a checkpoint taken in a run of another length (its scheduler and position would
+    not fit this run).
+
+    Raises:
+        TrainingError: naming both lengths and the fix.
+    """
+    if resume["total_steps"] != total_steps:
+        raise TrainingError(
+            f"the checkpoint was taken in a run of {resume['total_steps']} steps, this run "
+            f"has {total_steps}; resume with the same trainer.max_steps/epochs")
+
+
+def rank_rng(resume: dict[str, Any], dist: Any) -> dict[str, Any]:
+    """This rank's RNG states in a checkpoint (``dist``: the run's
+    :class:`~distillkit.runtime.distributed.DistEnv`); rank 0's when the checkpoint came from
+    another number of processes."""
+    ranks = resume.get("rank_rng")
+    if dist.enabled and ranks and len(ranks) == dist.world_size:
+        return ranks[dist.rank]
+    return resume["rng"]

@@ -42,6 +42,8 @@ from distillkit.engine.resume import (
     CheckpointSink,
     capture_epoch_rng,
     capture_rng,
+    check_total_steps,
+    rank_rng,
     restore_epoch_rng,
     restore_rng,
 )
@@ -251,27 +253,6 @@ class Distiller:
         metric = result.evals[-1][self._metric] if evaluated and result.evals else None
         self.checkpoints.save(step, state, metric)
 
-    def _rng_of(self, resume: dict[str, Any]) -> dict[str, Any]:
-        """This rank's RNG states in a checkpoint (rank 0's when it came from another number
-        of processes)."""
-        ranks = resume.get("rank_rng")
-        if self.dist.enabled and ranks and len(ranks) == self.dist.world_size:
-            return ranks[self.dist.rank]
-        return resume["rng"]
-
-    def _restore(self, resume: dict[str, Any], parts: dict[str, Any],
-                 result: TrainResult) -> None:
-        if resume["total_steps"] != parts["total_steps"]:
-            raise TrainingError(
-                f"the checkpoint was taken in a run of {resume['total_steps']} steps, this run "
-                f"has {parts['total_steps']}; resume with the same trainer.max_steps/epochs")
-        self.parallel.load_training_state(resume, parts["optimizer"])
-        parts["scheduler"].load_state_dict(resume["scheduler"])
-        if resume.get("scaler"):
-            self.scaler.load_state_dict(resume["scaler"])
-        result.last_losses = dict(resume["result"]["last_losses"])
-        result.evals = list(resume["result"]["evals"])
-
     def fit(self, train_loader: DataLoader, eval_loader: Any = None,
             desc: str = "distil", resume: dict[str, Any] | None = None,
             evaluate: Callable[[nn.Module, Any, str], dict[str, Any]] | None = None,
@@ -312,13 +293,19 @@ class Distiller:
         step, micro, epoch, skip, seconds_before = 0, 0, 0, 0, 0.0
         grad_norm = None  # the step's gradient norm before clipping (logged when clipping)
         if resume is not None:
-            self._restore(resume, parts, result)
+            check_total_steps(resume, total_steps)
+            self.parallel.load_training_state(resume, optimizer)
+            scheduler.load_state_dict(resume["scheduler"])
+            if resume.get("scaler"):
+                self.scaler.load_state_dict(resume["scaler"])
+            result.last_losses = dict(resume["result"]["last_losses"])
+            result.evals = list(resume["result"]["evals"])
             step, micro, epoch = resume["step"], resume["micro"], resume["epoch"]
             skip, seconds_before = resume["batches_in_epoch"], resume["result"]["train_seconds"]
             log.info("resuming at step %d of %d (epoch %d, batch %d)", step, total_steps,
                      epoch, skip)
             if step >= total_steps:  # killed after its last step: nothing left to train
-                restore_rng(self._rng_of(resume))
+                restore_rng(rank_rng(resume, self.dist))
         log.info("training %d optimizer steps (batch %d%s x accumulation %d) on %s, student %s%s",
                  total_steps, s.batch_size, f" = {self.dist.world_size} processes x "
                  f"{s.batch_size // self.dist.world_size}" if self.dist.enabled else "",
@@ -352,7 +339,7 @@ class Distiller:
                 for _ in range(skip):
                     next(batches)
                 in_epoch = skip
-                restore_rng(self._rng_of(resume))
+                restore_rng(rank_rng(resume, self.dist))
                 resume = None
             for batch in batches:
                 in_epoch += 1
