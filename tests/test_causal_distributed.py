@@ -98,3 +98,26 @@ def test_fsdp_on_policy_run_samples_from_the_gathered_student(tmp_path):
     assert metrics["student"]["perplexity"] > 1
     # data=tiny_causal: num_generations=4, written by rank 0 alone
     assert len((run_dir / "generations.jsonl").read_text().splitlines()) == 4
+
+
+def test_ddp_run_with_a_fine_tuned_teacher_and_sequence_kd_matches_one_process(tmp_path):
+    """teacher.finetune=true and loss.seq_kd=true under DDP: rank 0 fine-tunes the teacher and
+    decodes the training prompts once (main-first stages), rank 1 reads both from the cache,
+    and the run ends where the one-process run with the same settings ends."""
+    extra = ["teacher.finetune=true", "teacher.finetune_settings.lr=3e-3", "loss.seq_kd=true",
+             "loss.generation.max_new_tokens=6"]
+    one, ddp = tmp_path / "one", tmp_path / "ddp"
+    _ok(run_cli([*RUN, *extra, f"hydra.run.dir={one}"], cwd=tmp_path,
+                env={"DISTILLKIT_CACHE": str(tmp_path / "cache-one")}))
+    output = _ok(_torchrun([*RUN, *extra, f"hydra.run.dir={ddp}"], tmp_path,
+                           tmp_path / "cache-ddp", RANK_LOGS))
+    m_one, m_ddp = _metrics(one), _metrics(ddp)
+    assert m_ddp["stages"]["teacher"] == "fine-tuned"
+    assert "[rank 1] reusing fine-tuned causal teacher from cache" in output
+    assert m_ddp["teacher_finetune"]["key"] == m_one["teacher_finetune"]["key"]
+    assert m_ddp["sequence_kd"]["generations"] == "computed"
+    assert (ddp / "teacher_responses.jsonl").read_text() == \
+        (one / "teacher_responses.jsonl").read_text()
+    for who in ("teacher", "student"):
+        assert _close(m_ddp[who]["perplexity"], m_one[who]["perplexity"]), who
+    assert _close(m_ddp["student"]["kl"], m_one["student"]["kl"])
