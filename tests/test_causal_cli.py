@@ -163,6 +163,14 @@ def test_cached_top_k_targets_train_like_the_live_teacher_and_serve_later_runs(t
     assert sparse["teacher_topk"]["source"] == "computed"
     assert sparse["teacher_topk"]["splits"]["train"]["key"] != topk["splits"]["train"]["key"]
     assert sparse["teacher_topk"]["bytes_per_token"] < topk["bytes_per_token"] / 10
+    # a sampled tail: another entry, 4 + 4 slots per token, recorded
+    sampled_dir = tmp_path / "k4s4"
+    _ok(run_cli([*base, "trainer.teacher_topk=4", "trainer.teacher_topk_samples=4",
+                 f"hydra.run.dir={sampled_dir}"], cwd=tmp_path))
+    sampled = json.loads((sampled_dir / "metrics.json").read_text())["teacher_topk"]
+    assert sampled["samples"] == 4 and sampled["k"] == 4 and sparse["teacher_topk"]["samples"] == 0
+    assert sampled["splits"]["train"]["key"] != sparse["teacher_topk"]["splits"]["train"]["key"]
+    assert sampled["bytes_per_token"] > sparse["teacher_topk"]["bytes_per_token"]
 
 
 @pytest.mark.parametrize(("args", "phrases"), [
@@ -171,6 +179,10 @@ def test_cached_top_k_targets_train_like_the_live_teacher_and_serve_later_runs(t
     (["experiment=tiny_causal_lm", "trainer.teacher_topk=8", "trainer.teacher_topk_dtype=int4"],
      ["int4", "fp16"]),
     (["experiment=tiny_causal_lm", "trainer.teacher_topk=500"], ["500", "107"]),
+    (["experiment=tiny_causal_lm", "trainer.teacher_topk=100", "trainer.teacher_topk_samples=10"],
+     ["100 plus 10 tail samples", "use fewer samples"]),
+    (["experiment=tiny_causal_lm", "trainer.teacher_topk=8", "trainer.teacher_topk_samples=-1"],
+     ["trainer.teacher_topk_samples must be >= 0"]),
 ])
 def test_bad_top_k_settings_are_one_error_line(tmp_path, args, phrases):
     proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)

@@ -52,7 +52,9 @@ class TrainerSchema(EngineSettings):
     ``teacher_topk`` (task=causal_lm): 0 runs the dense teacher live every step; ``k`` >= 1
     caches, in one teacher pass, its ``k`` most likely next tokens per training token (their
     log-probabilities stored as ``teacher_topk_dtype``, fp16 | fp32, plus the remaining mass;
-    ``<cache>/teacher_topk/``) and the loop reads them instead. See distillkit.causal.targets.
+    ``<cache>/teacher_topk/``) and the loop reads them instead; ``teacher_topk_samples`` m > 0
+    stores m draws from the teacher's other tokens instead of their total mass (unbiased
+    forward-KL targets). See distillkit.causal.targets.
 
     ``checkpoint_every_steps``: write a resumable checkpoint to ``<run>/checkpoints/`` every N
     optimizer steps (and after each evaluation); null: no checkpoints. ``keep_checkpoints``:
@@ -67,6 +69,7 @@ class TrainerSchema(EngineSettings):
     feature_cache_max_gb: float = 16.0
     teacher_topk: int = 0
     teacher_topk_dtype: str = "fp16"
+    teacher_topk_samples: int = 0
     freeze: List[str] = field(default_factory=list)  # noqa: UP006
     checkpoint_every_steps: Optional[int] = None  # noqa: UP045
     keep_checkpoints: int = 2

@@ -7,9 +7,12 @@ teacher's ``k`` largest log-probabilities, their ids and the log of the remainin
 within ``trainer.feature_cache_max_gb``), and every training batch reads its examples' rows
 (:class:`~distillkit.data.topk_rows.TopKCollator`): the teacher does not run while
 distilling. ``trainer.teacher_topk=0`` (the default) keeps the exact, dense teacher live.
+``trainer.teacher_topk_samples=m`` replaces the stored rest mass by ``m`` draws from the
+teacher's distribution over the other tokens (:mod:`distillkit.causal.topk`: unbiased
+forward-KL targets).
 
 The entry's key holds the teacher's weights, the split's token ids, ``max_length``, the
-teacher's precision, ``k``, the dtype and the shared vocabulary; a sweep over
+teacher's precision, ``k``, the dtype, the shared vocabulary and the tail samples; a sweep over
 ``loss.temperature``, ``loss.alpha``, ``loss.beta`` or ``loss.divergence`` reads one entry.
 Evaluation (perplexity, agreement, KL) always scores against the live, dense teacher.
 """
@@ -37,7 +40,7 @@ def _with_teacher_rows(batches) -> Iterator[dict]:
 
 
 def cache_train_topk(model, data: CausalLMData, settings: EngineSettings, *, k: int,
-                     dtype: str, max_gb: float, vocab_size: int) -> TopKCache:
+                     dtype: str, max_gb: float, vocab_size: int, samples: int = 0) -> TopKCache:
     """The teacher's top-k targets of the training split, read from the cache or computed
     now (or why the teacher runs live instead: :attr:`TopKCache.reason`).
 
@@ -49,13 +52,15 @@ def cache_train_topk(model, data: CausalLMData, settings: EngineSettings, *, k: 
         dtype: storage dtype of the log-probabilities (``trainer.teacher_topk_dtype``).
         max_gb: the cache budget (``trainer.feature_cache_max_gb``).
         vocab_size: the shared vocabulary the top-k is taken over.
+        samples: sampled tail slots per position (``trainer.teacher_topk_samples``).
     """
     device = settings.resolve_device()
     split = TopKSplit(ids=[ex.input_ids for ex in data.encoded[ROLE]],
                       batches=_with_teacher_rows(data.loader(ROLE, settings.eval_batch_size)))
     return cache_teacher_topk(model, {ROLE: split}, k=k, dtype=dtype, max_gb=max_gb,
                               max_length=data.max_length, device=device,
-                              precision=settings.teacher_dtype(device), vocab_size=vocab_size)
+                              precision=settings.teacher_dtype(device), vocab_size=vocab_size,
+                              samples=samples)
 
 
 def topk_collate(data: CausalLMData, cache: TopKCache) -> Callable[[list], dict]:

@@ -25,6 +25,22 @@ With ``k = V`` (every token named, rest mass 0 on both sides) the buckets are th
 distributions and every divergence equals its dense value at any ``T``; with ``k < V`` it
 compares the two distributions at the resolution of the ``k + 1`` buckets, which approaches
 the dense value as ``k`` grows (quickly for the peaked distributions of a trained LM).
+
+**A sampled tail** (``samples = m > 0``; :func:`topk_targets`). The ``k + 1`` buckets tell the
+student how much mass the teacher leaves outside its top ``k`` but not on which tokens, so
+top-k forward KL is a biased estimate of the dense one: the student's tail is pushed down as a
+whole, its shape is learnt from the labels alone. With ``m`` samples the rest mass ``r`` is
+replaced by ``m`` draws (with replacement) from the teacher's distribution restricted to the
+other tokens: each distinct drawn token ``j`` is named with weight ``r * c_j / m`` (``c_j``: its
+draws), and nothing is left in the rest bucket. The expectation of ``r * c_j / m`` is the
+teacher's ``p_j``, so the teacher's bucket distribution is an unbiased estimate of the dense
+one; forward KL is linear in it, so its value up to the teacher's entropy and its gradient
+are unbiased too (in the spirit of the random-sampling KD of Anshumann et al., 2025, "Sparse
+Logit Sampling: Accelerating Knowledge Distillation in LLMs", with the top ``k`` kept exact).
+The other divergences and ``T != 1`` read the sampled weights as they read any bucket weights
+(an approximation, as the rest bucket is). ``indices`` then hold the ``k`` top tokens in
+descending order followed by ``m`` tail slots (distinct tail tokens, unused slots with weight
+0 on other distinct tokens); ``rest_log_prob`` is :data:`LOG_FLOOR`.
 """
 
 from __future__ import annotations
@@ -82,27 +98,60 @@ class TopKTargets:
                            self.rest_log_prob.to(device))
 
 
-def topk_targets(teacher_logits: torch.Tensor, k: int) -> TopKTargets:
-    """The top-k targets of dense teacher logits (at ``T = 1``).
+def topk_targets(teacher_logits: torch.Tensor, k: int, samples: int = 0,
+                 generator: torch.Generator | None = None) -> TopKTargets:
+    """The top-k targets of dense teacher logits (at ``T = 1``), optionally with a sampled tail.
 
     Args:
         teacher_logits: ``[..., V]`` teacher logits (any float dtype; computed in float32).
         k: number of tokens to keep per position, ``1 <= k <= V``.
+        samples: draws from the teacher's distribution over the other tokens that replace
+            the rest bucket (0: none; see the module docstring), ``k + samples <= V``.
+        generator: the draws' random generator (on the logits' device).
 
     Returns:
-        :class:`TopKTargets` with leading dims ``[...]``.
+        :class:`TopKTargets` with leading dims ``[...]`` and ``k + samples`` entries.
 
     Raises:
-        ConfigError: for ``k`` outside ``[1, V]``.
+        ConfigError: for ``k`` outside ``[1, V]`` or ``k + samples`` above ``V``.
     """
     vocab = int(teacher_logits.shape[-1])
     if not 1 <= k <= vocab:
         raise ConfigError(f"top-k size must be in [1, {vocab}] (the vocabulary size), got {k}")
+    if samples < 0 or k + samples > vocab:
+        raise ConfigError(f"top-k size {k} plus {samples} tail samples must be at most the "
+                          f"vocabulary size ({vocab}); use fewer samples")
     with torch.no_grad():
         log_p = F.log_softmax(teacher_logits.float(), dim=-1)
         values, indices = log_p.topk(k, dim=-1)
-        rest = torch.logsumexp(log_p.scatter(-1, indices, float("-inf")), dim=-1)
+        tail = log_p.scatter(-1, indices, float("-inf"))
+        rest = torch.logsumexp(tail, dim=-1)
+        if samples:
+            return _with_sampled_tail(TopKTargets(values, indices, rest), tail, samples,
+                                      generator)
     return TopKTargets(values, indices, rest)
+
+
+def _with_sampled_tail(head: TopKTargets, tail_log_p: torch.Tensor, samples: int,
+                       generator: torch.Generator | None) -> TopKTargets:
+    """``head`` with its rest bucket replaced by ``samples`` draws from the tail
+    (``tail_log_p``: the teacher's log-probabilities, ``-inf`` on the head's tokens)."""
+    lead, vocab = tail_log_p.shape[:-1], tail_log_p.shape[-1]
+    probs = tail_log_p.reshape(-1, vocab).exp()
+    in_head = torch.zeros_like(probs, dtype=torch.bool).scatter_(
+        -1, head.indices.reshape(-1, head.k), True)
+    empty = probs.sum(-1) <= 0  # no tail mass in float32: any other tokens, weight 0 below
+    probs[empty] = (~in_head[empty]).float()
+    draws = torch.multinomial(probs, samples, replacement=True, generator=generator)
+    counts = torch.zeros_like(probs).scatter_add_(-1, draws, torch.ones_like(draws,
+                                                                             dtype=probs.dtype))
+    counts[in_head] = -1.0  # unused slots go to other tail tokens, never to the head's
+    hits, where = counts.topk(samples, dim=-1)
+    weight = head.rest_log_prob.reshape(-1, 1) + torch.log(hits.clamp_min(0) / samples)
+    weight = weight.clamp_min(LOG_FLOOR)
+    return TopKTargets(torch.cat([head.log_probs, weight.reshape(*lead, samples)], dim=-1),
+                       torch.cat([head.indices, where.reshape(*lead, samples)], dim=-1),
+                       torch.full_like(head.rest_log_prob, LOG_FLOOR))
 
 
 def teacher_log_probs(teacher: torch.Tensor | TopKTargets, temperature: float = 1.0,

@@ -6,8 +6,9 @@ reads each example's stored targets and places them at the positions of its real
 batch's ``attention_mask``, right or left padding), aligned with ``input_ids`` (position ``t``
 holds the teacher's distribution of the token after ``t``). A batch then holds
 
-* ``teacher_topk_log_probs`` ``[batch, seq, k]`` float32,
-* ``teacher_topk_indices`` ``[batch, seq, k]`` int64,
+* ``teacher_topk_log_probs`` ``[batch, seq, w]`` float32 (``w``: the entries per token, the top
+  ``k`` and any sampled tail slots),
+* ``teacher_topk_indices`` ``[batch, seq, w]`` int64,
 * ``teacher_topk_rest`` ``[batch, seq]`` float32,
 
 which the engine turns into the teacher output ``{"topk": TopKTargets}``
@@ -31,7 +32,7 @@ from distillkit.engine.outputs import TOPK_INDICES, TOPK_LOG_PROBS, TOPK_REST
 class ExampleTopK(Protocol):
     """One split's stored top-k targets (:class:`distillkit.teachers.topk_store.TopKStore`)."""
 
-    k: int
+    width: int
 
     def __len__(self) -> int: ...
 
@@ -45,24 +46,25 @@ class TopKCollator(RowCollator):
 
     Args:
         collate: the usual collator (dynamic padding of the token columns).
-        parts: per split, in concatenation order, its stored top-k targets (one ``k``).
+        parts: per split, in concatenation order, its stored top-k targets (one width).
     """
 
     def __init__(self, collate: Callable[[list[dict]], dict],
                  parts: Sequence[ExampleTopK]) -> None:
         super().__init__(collate, parts)
-        sizes = {p.k for p in self.parts}
+        sizes = {p.width for p in self.parts}
         if len(sizes) != 1:
-            raise ValueError(f"the splits' cached top-k targets keep different k: {sorted(sizes)}")
-        self.k = sizes.pop()
+            raise ValueError(f"the splits' cached top-k targets keep different numbers of "
+                             f"entries per token: {sorted(sizes)}")
+        self.width = sizes.pop()
 
     def add(self, batch: dict) -> dict:
         """Replaces a padded batch's ``teacher_row`` with its examples' top-k targets."""
         rows = self.rows(batch)
         mask = batch["attention_mask"]
         size, seq = mask.shape
-        log_probs = torch.full((size, seq, self.k), LOG_FLOOR, dtype=torch.float32)
-        indices = torch.zeros((size, seq, self.k), dtype=torch.int64)
+        log_probs = torch.full((size, seq, self.width), LOG_FLOOR, dtype=torch.float32)
+        indices = torch.zeros((size, seq, self.width), dtype=torch.int64)
         rest = torch.zeros((size, seq), dtype=torch.float32)
         for b, (part, row) in enumerate(rows):
             targets = self.parts[part].example(row)

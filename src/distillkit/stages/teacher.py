@@ -54,7 +54,8 @@ class TeacherTargetsStage:
                                   f"next-token targets, but task={ctx.task.name}; remove "
                                   "trainer.teacher_topk or use task=causal_lm")
             check_topk_settings(k, str(trainer.get("teacher_topk_dtype", "fp16")),
-                                float(trainer.feature_cache_max_gb))
+                                float(trainer.feature_cache_max_gb),
+                                int(trainer.get("teacher_topk_samples", 0) or 0))
 
     def run(self, ctx: RunContext) -> Any:
         return ctx.task.teacher_targets(ctx)

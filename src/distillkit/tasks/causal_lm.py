@@ -127,6 +127,7 @@ class CausalLMTask(Task):
             return origins or "skipped"
         cache = cache_train_topk(ctx.teacher.model, ctx.data, ctx.settings, k=k,
                                  dtype=str(trainer.get("teacher_topk_dtype", "fp16")),
+                                 samples=int(trainer.get("teacher_topk_samples", 0) or 0),
                                  max_gb=float(trainer.feature_cache_max_gb),
                                  vocab_size=ctx.details["vocab_size"])
         ctx.details["teacher_topk"] = cache

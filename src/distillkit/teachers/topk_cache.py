@@ -10,9 +10,15 @@ the remaining mass (:class:`~distillkit.causal.topk.TopKTargets`; format in
 reads its own rows (:class:`distillkit.data.topk_rows.TopKCollator`) and the distil loop never
 runs the teacher.
 
+With ``samples = m`` (``trainer.teacher_topk_samples``) the rest mass is replaced by ``m``
+draws from the teacher's distribution over the other tokens
+(:func:`~distillkit.causal.topk.topk_targets`: unbiased forward-KL targets), drawn per example
+from a generator seeded by the example's row, so an entry's content does not depend on the
+batching of the pass.
+
 The key hashes what the logits cache hashes (the teacher's weights, the split's token ids,
-``max_length``, the teacher's precision) plus ``k``, the storage dtype and the vocabulary
-size; temperature, alpha, beta and the divergence are not in it, so a sweep over them makes
+``max_length``, the teacher's precision) plus ``k``, the storage dtype, the vocabulary
+size and ``samples`` (when above 0); temperature, alpha, beta and the divergence are not in it, so a sweep over them makes
 one pass. Parallel sweep jobs lock the entry: one computes, the others read it.
 
 The pass never holds the batch's vocabulary logits: it runs the teacher's body for the last
@@ -83,6 +89,7 @@ class TopKCache:
         k: teacher tokens kept per position.
         dtype: storage dtype of the log-probabilities.
         tokens: real tokens of the splits.
+        samples: sampled tail slots per position (0: the rest mass is stored).
         bytes: size of the entries (estimated when ``live``).
         bytes_per_token: ``bytes / tokens``.
         reason: why ``live``, in words (None otherwise).
@@ -100,6 +107,7 @@ class TopKCache:
     splits: dict[str, dict[str, str]] = field(default_factory=dict)
     seconds: float = 0.0
     stores: dict[str, TopKStore] = field(default_factory=dict, repr=False)
+    samples: int = 0
 
     @property
     def bytes_per_token(self) -> float:
@@ -107,7 +115,8 @@ class TopKCache:
 
     def record(self) -> dict[str, Any]:
         """The run record's entry (JSON-ready)."""
-        return {"source": self.source, "k": self.k, "dtype": self.dtype, "tokens": self.tokens,
+        return {"source": self.source, "k": self.k, "samples": self.samples,
+                "dtype": self.dtype, "tokens": self.tokens,
                 "bytes": self.bytes, "bytes_per_token": round(self.bytes_per_token, 1),
                 "reason": self.reason, "splits": self.splits, "seconds": round(self.seconds, 3)}
 
@@ -117,15 +126,20 @@ class TopKCache:
             return f"teacher top-k targets not cached ({self.reason}): the teacher runs every step"
         how = "read from the cache" if self.source == "cache" else \
             "computed in one teacher pass and cached"
-        return (f"teacher top-k targets {how} (k={self.k}, {self.dtype}, "
+        tail = f" + {self.samples} tail samples" if self.samples else ""
+        return (f"teacher top-k targets {how} (k={self.k}{tail}, {self.dtype}, "
                 f"{self.bytes_per_token:,.0f} B/token, {self.bytes / GB:.3f} GB): the teacher "
                 "does not run while distilling")
 
 
-def check_topk_settings(k: int, dtype: str, max_gb: float) -> None:
-    """Refuses a ``k`` below 1, an unknown storage dtype or a negative budget."""
+def check_topk_settings(k: int, dtype: str, max_gb: float, samples: int = 0) -> None:
+    """Refuses a ``k`` below 1, negative tail samples, an unknown storage dtype or a negative
+    budget."""
     if not int(k) >= 1:
         raise ConfigError(f"the top-k size must be >= 1, got {k}; try 32")
+    if not int(samples) >= 0:
+        raise ConfigError(f"trainer.teacher_topk_samples must be >= 0, got {samples}; 0 "
+                          "stores the rest mass instead of tail samples")
     if dtype not in VALUE_DTYPES:
         raise ConfigError(f"top-k storage dtype '{dtype}' is not one of "
                           f"{', '.join(VALUE_DTYPES)}; use fp16 (default) or fp32")
@@ -137,7 +151,7 @@ def cache_teacher_topk(model: nn.Module, splits: Mapping[str, TopKSplit], *, k: 
                        max_gb: float, max_length: int | None, dtype: str = "fp16",
                        device: torch.device | str = "cpu", precision: torch.dtype | None = None,
                        weights: hashlib._Hash | None = None, vocab_size: int | None = None,
-                       chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> TopKCache:
+                       chunk_tokens: int = DEFAULT_CHUNK_TOKENS, samples: int = 0) -> TopKCache:
     """The teacher's top-k targets of every split, from the cache or computed now in one
     teacher pass per split; or why the teacher runs live instead.
 
@@ -157,26 +171,30 @@ def cache_teacher_topk(model: nn.Module, splits: Mapping[str, TopKSplit], *, k: 
         vocab_size: the shared vocabulary the top-k is taken over (the output layer's first
             rows; :func:`~distillkit.causal.vocab.align_vocab`), None for all of them.
         chunk_tokens: real tokens whose vocabulary logits exist at once.
+        samples: tail slots drawn per position instead of storing the rest mass (0: none).
 
     Raises:
-        ConfigError: a bad ``k``, dtype or budget.
+        ConfigError: a bad ``k``, ``samples``, dtype or budget.
     """
-    check_topk_settings(k, dtype, max_gb)
+    check_topk_settings(k, dtype, max_gb, samples)
     head = model.get_output_embeddings()
     vocab = int(vocab_size or head.weight.shape[0])
     if k > vocab:
         raise ConfigError(f"the top-k size {k} exceeds the vocabulary ({vocab} tokens); "
                           f"use at most {vocab}")
+    if k + samples > vocab:
+        raise ConfigError(f"the top-k size {k} plus {samples} tail samples exceeds the "
+                          f"vocabulary ({vocab} tokens); use fewer samples")
     if weights is None:
         weights = hashlib.sha256()
         update_weights_digest(model, weights)
-    spec = TopKSpec(int(k), dtype, vocab)
+    spec = TopKSpec(int(k), dtype, vocab, int(samples))
     lengths = {role: [len(ids) for ids in split.ids] for role, split in splits.items()}
     paths = {role: keyed_entry(FOLDER, ids_key(weights, [split.ids], max_length, precision),
                                spec.as_dict()) for role, split in splits.items()}
     tokens = sum(sum(n) for n in lengths.values())
     size = sum(spec.nbytes(n) for n in lengths.values())
-    result = TopKCache("live", spec.k, dtype, tokens, size)
+    result = TopKCache("live", spec.k, dtype, tokens, size, samples=spec.samples)
     missing = sum(spec.nbytes(lengths[r]) for r in splits if not published(paths[r]))
     result.reason = over_budget(size, missing, max_gb)
     if result.reason is not None:
@@ -223,10 +241,16 @@ def _compute(model: nn.Module, split: TopKSplit, lengths: list[int], spec: TopKS
                                          f"its batch but {lengths[row]} ids: the batches do "
                                          "not match the split's ids")
                 hidden = model.base_model(**inputs).last_hidden_state[mask]
-                targets = chunked_topk(hidden, weight, bias, spec.k, chunk_tokens)
+                if not spec.samples:
+                    targets = chunked_topk(hidden, weight, bias, spec.k, chunk_tokens)
                 at = 0
                 for row, n in zip(rows, counts, strict=True):
-                    writer.write(row, targets.index(slice(at, at + n)))
+                    if spec.samples:  # drawn per example: independent of the batching
+                        writer.write(row, chunked_topk(
+                            hidden[at:at + n], weight, bias, spec.k, chunk_tokens,
+                            spec.samples, torch.Generator(hidden.device).manual_seed(row)))
+                    else:
+                        writer.write(row, targets.index(slice(at, at + n)))
                     done[row] = True
                     at += n
         if not all(done):
@@ -237,16 +261,19 @@ def _compute(model: nn.Module, split: TopKSplit, lengths: list[int], spec: TopKS
     except BaseException:
         writer.discard()
         raise
-    log.info("teacher top-k targets for '%s' (%d examples, %d tokens, k=%d, %s) computed in "
-             "%.0fs, cached at %s", role, len(lengths), sum(lengths), spec.k, spec.dtype,
-             seconds, path)
+    log.info("teacher top-k targets for '%s' (%d examples, %d tokens, k=%d, %d tail samples, "
+             "%s) computed in %.0fs, cached at %s", role, len(lengths), sum(lengths), spec.k,
+             spec.samples, spec.dtype, seconds, path)
     return seconds
 
 
 def chunked_topk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int,
-                 chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> TopKTargets:
+                 chunk_tokens: int = DEFAULT_CHUNK_TOKENS, samples: int = 0,
+                 generator: torch.Generator | None = None) -> TopKTargets:
     """Top-k targets of ``[N, H]`` last hidden states through an output layer (``weight``
-    ``[V, H]``, ``bias`` ``[V]`` or None), ``chunk_tokens`` tokens' float32 logits at a time.
+    ``[V, H]``, ``bias`` ``[V]`` or None), ``chunk_tokens`` tokens' float32 logits at a time;
+    with ``samples``, a sampled tail drawn with ``generator``
+    (:func:`~distillkit.causal.topk.topk_targets`).
 
     Returns:
         :class:`TopKTargets` with leading dim ``[N]`` on the CPU.
@@ -254,10 +281,10 @@ def chunked_topk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     parts = []
     for at in range(0, hidden.shape[0], max(int(chunk_tokens), 1)):
         logits = torch.nn.functional.linear(hidden[at:at + chunk_tokens].float(), weight, bias)
-        parts.append(topk_targets(logits, k).to("cpu"))
+        parts.append(topk_targets(logits, k, samples, generator).to("cpu"))
         del logits
     if not parts:
-        empty = hidden.new_zeros((0, k), dtype=torch.float32, device="cpu")
+        empty = hidden.new_zeros((0, k + samples), dtype=torch.float32, device="cpu")
         return TopKTargets(empty, empty.long(), empty[:, 0])
     return TopKTargets(torch.cat([p.log_probs for p in parts]),
                        torch.cat([p.indices for p in parts]),

@@ -3,10 +3,12 @@
 One cache entry is a directory ``<cache>/teacher_topk/<key>/`` holding, for one split, per real
 token (``attention_mask`` 1; padding is never stored), examples one after another:
 
-* ``log_probs.npy`` ``[tokens, k]``: the teacher's ``k`` largest log-probabilities at ``T = 1``,
-  descending, in ``fp16`` or ``fp32`` (floored at :data:`~distillkit.causal.topk.LOG_FLOOR`);
-* ``indices.npy`` ``[tokens, k]``: their vocabulary ids, ``uint16`` when the vocabulary has at
-  most 65536 entries, else ``int32`` (int64 when read);
+* ``log_probs.npy`` ``[tokens, k + samples]``: the teacher's ``k`` largest log-probabilities at
+  ``T = 1``, descending, then the log-weights of ``samples`` sampled tail slots when the entry
+  has a sampled tail (:mod:`distillkit.causal.topk`), in ``fp16`` or ``fp32`` (floored at
+  :data:`~distillkit.causal.topk.LOG_FLOOR`);
+* ``indices.npy`` ``[tokens, k + samples]``: their vocabulary ids, ``uint16`` when the
+  vocabulary has at most 65536 entries, else ``int32`` (int64 when read);
 * ``rest.npy`` ``[tokens]`` float32: the log of the teacher's mass on every other token
   (:data:`~distillkit.causal.topk.LOG_FLOOR` when ``k`` is the vocabulary size);
 * ``index.npy`` ``[examples, 2]``: each example's token offset and token count (row order);
@@ -46,11 +48,19 @@ class TopKSpec:
         dtype: storage dtype of the log-probabilities, one of :data:`VALUE_DTYPES`.
         vocab: the vocabulary size the top-k is taken over (the teacher's output rows, or
             the shared size both models are cut to).
+        samples: tail slots drawn from the teacher's distribution over the other tokens
+            (0: none, the rest mass is stored instead).
     """
 
     k: int
     dtype: str
     vocab: int
+    samples: int = 0
+
+    @property
+    def width(self) -> int:
+        """Stored entries per token: the top ``k`` and the sampled tail slots."""
+        return self.k + self.samples
 
     @property
     def index_dtype(self) -> Any:
@@ -58,13 +68,16 @@ class TopKSpec:
         return np.uint16 if self.vocab <= 65536 else np.int32
 
     def as_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "dtype": self.dtype, "vocab": self.vocab, "format": FORMAT}
+        fields = {"k": self.k, "dtype": self.dtype, "vocab": self.vocab, "format": FORMAT}
+        if self.samples:  # entries without a sampled tail keep their keys
+            fields["samples"] = self.samples
+        return fields
 
     @property
     def bytes_per_token(self) -> int:
         """Stored bytes per real token: log-probabilities, indices and the rest mass."""
         value = np.dtype(VALUE_DTYPES[self.dtype]).itemsize
-        return self.k * (value + np.dtype(self.index_dtype).itemsize) + 4
+        return self.width * (value + np.dtype(self.index_dtype).itemsize) + 4
 
     def nbytes(self, lengths: Sequence[int]) -> int:
         """The entry's array bytes for examples of ``lengths`` real tokens (index included;
@@ -91,7 +104,7 @@ class TopKWriter:
         self.tokens = int(n.sum())
         np.save(self.tmp / "index.npy", self.index)
         open_ = np.lib.format.open_memmap
-        shape = (self.tokens, spec.k)
+        shape = (self.tokens, spec.width)
         self.log_probs = open_(self.tmp / "log_probs.npy", "w+", VALUE_DTYPES[spec.dtype], shape)
         self.indices = open_(self.tmp / "indices.npy", "w+", spec.index_dtype, shape)
         self.rest = open_(self.tmp / "rest.npy", "w+", np.float32, (self.tokens,))
@@ -99,10 +112,10 @@ class TopKWriter:
     def write(self, example: int, targets: TopKTargets) -> None:
         """Stores one example's targets (leading dim ``[L]``, its real tokens in order)."""
         start, length = (int(v) for v in self.index[example])
-        if targets.log_probs.shape != (length, self.spec.k):
+        if targets.log_probs.shape != (length, self.spec.width):
             raise ValueError(f"example {example}: top-k targets of shape "
                              f"{tuple(targets.log_probs.shape)}, expected ({length}, "
-                             f"{self.spec.k})")
+                             f"{self.spec.width})")
         end = start + length
         self.log_probs[start:end] = targets.log_probs.float().clamp_min(LOG_FLOOR).cpu().numpy()
         self.indices[start:end] = targets.indices.cpu().numpy().astype(self.spec.index_dtype)
@@ -144,15 +157,16 @@ class TopKStore:
         self.path = Path(path)
         self.meta = json.loads((self.path / META).read_text())
         self.spec = TopKSpec(int(self.meta["k"]), str(self.meta["dtype"]),
-                             int(self.meta["vocab"]))
+                             int(self.meta["vocab"]), int(self.meta.get("samples", 0)))
         self._arrays: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.meta["examples"])
 
     @property
-    def k(self) -> int:
-        return self.spec.k
+    def width(self) -> int:
+        """Entries per token (the top ``k`` and any sampled tail slots)."""
+        return self.spec.width
 
     def __getstate__(self) -> dict[str, Any]:  # worker processes re-open the memory maps
         return {**self.__dict__, "_arrays": None}
