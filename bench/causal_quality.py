@@ -5,7 +5,10 @@ Each row is one ``python -m distillkit experiment=smollm2_kd <overrides>`` run (
 rows already run in ``--out`` are read again, not rerun). Prints a markdown table of the
 student's held-out perplexity, top-1 agreement with the teacher and KL to it, the gain over
 cross-entropy alone (``ppl(ce) - ppl``), each top-k row's share of dense KD's gain, the top-k
-entry's bytes per token, and the run's seconds (wall, and the distil stage alone).
+entry's bytes per token, and the run's seconds (wall, and the distil stage alone). The
+``k24+s8`` (the experiment's own setting) and ``k32+s8`` rows replace the top-k's rest mass by 8
+draws from the teacher's other tokens (``trainer.teacher_topk_samples``); ``k8``, ``k32`` and
+``k128`` are plain top-k.
 
     python bench/causal_quality.py --out outputs/causal_quality            # every row
     python bench/causal_quality.py --out outputs/causal_quality --rows ce,dense,k32
@@ -21,20 +24,23 @@ import time
 from pathlib import Path
 
 EXPERIMENT = "experiment=smollm2_kd"
-# name -> overrides on top of the experiment (which reads the teacher's top-32 targets)
+# name -> overrides on top of the experiment (which reads the teacher's top-24 targets plus 8
+# sampled tail slots: 32 slots per token)
 ROWS = {
     "ce": ["loss=causal_ce"],
-    "k32": [],
+    "k24+s8": [],
     "dense": ["trainer.teacher_topk=0"],
-    "k8": ["trainer.teacher_topk=8"],
-    "k128": ["trainer.teacher_topk=128"],
+    "k8": ["trainer.teacher_topk=8", "trainer.teacher_topk_samples=0"],
+    "k32": ["trainer.teacher_topk=32", "trainer.teacher_topk_samples=0"],
+    "k128": ["trainer.teacher_topk=128", "trainer.teacher_topk_samples=0"],
+    "k32+s8": ["trainer.teacher_topk=32"],
     "jsd": ["loss.divergence=jsd"],
     "rkl": ["loss.divergence=rkl"],
     "tvd": ["loss.divergence=tvd"],
     "skl": ["loss.divergence=skl"],
     "alpha0.2": ["loss.alpha=0.2"],
 }
-TOPK_ROWS = ("k8", "k32", "k128")
+TOPK_ROWS = ("k8", "k32", "k128", "k24+s8", "k32+s8")
 
 
 def run(name: str, overrides: list[str], out: Path, extra: list[str]) -> dict:
@@ -76,8 +82,9 @@ def table(results: dict[str, dict], extra: list[str]) -> str:
                   for k, c, f in (("ppl", ce_ppl, ppl), ("val", ce_val, _val),
                                   ("kl", ce_kl, kl))}
     lines = ["| row | overrides | test ppl | val ppl | agreement | KL | test ppl gain over CE | "
-             "val ppl gain over CE | KL gain: share of dense | B/token | distil s | wall s |",
-             "|" + "---|" * 12]
+             "val ppl gain over CE | test ppl gain: share of dense | KL gain: share of dense | "
+             "B/token | distil s | wall s |",
+             "|" + "---|" * 13]
     for name, r in results.items():
         m = r["metrics"]
         s = m["student"]
@@ -91,6 +98,7 @@ def table(results: dict[str, dict], extra: list[str]) -> str:
                  f"{s['agreement']:.4f}", f"{s['kl']:.4f}",
                  "" if own or gains["ppl"] is None else f"{gains['ppl']:+.3f}",
                  "" if own or gains["val"] is None else f"{gains['val']:+.3f}",
+                 "" if own or name not in TOPK_ROWS else _share(gains["ppl"], dense_gain["ppl"]),
                  "" if own or name not in TOPK_ROWS else _share(gains["kl"], dense_gain["kl"]),
                  f"{topk['bytes_per_token']:.0f}" if topk.get("bytes_per_token") else
                  ("" if own else "98304 (dense, not stored)"),
@@ -99,6 +107,12 @@ def table(results: dict[str, dict], extra: list[str]) -> str:
     first = next(iter(results.values()))["metrics"]
     lines += ["", f"Teacher perplexity {first['teacher']['perplexity']:.3f} on "
                   f"{first['eval_split']} ({first['student']['tokens']} tokens)."]
+    tuned = first.get("teacher_finetune")
+    if tuned:
+        lines[-1] += (f" The teacher was fine-tuned on the train split (key {tuned['key']}, "
+                      f"{tuned['train_tokens']} learnt tokens, {tuned['seconds']:.0f} s): "
+                      f"validation perplexity {tuned['eval_as_given']['perplexity']:.3f} as "
+                      f"given, {tuned['eval']['perplexity']:.3f} fine-tuned.")
     return "\n".join(lines)
 
 
