@@ -33,12 +33,11 @@ from distillkit.causal.targets import cache_train_topk, topk_collate
 from distillkit.causal.teacher_stage import prepare_causal_teacher
 from distillkit.causal.vocab import align_vocab
 from distillkit.engine import frozen
-from distillkit.errors import ConfigError
 from distillkit.models import count_parameters
 from distillkit.pipeline.context import Evaluation, RunContext, TeacherPlan
 from distillkit.runtime.io import write_file
 from distillkit.tasks.base import Evaluator, Task
-from distillkit.teachers.finetune import FinetuneSettings, stage_settings
+from distillkit.teachers.finetune import FinetuneSettings, plain_stage_settings
 
 log = logging.getLogger(__name__)
 METRIC = "neg_perplexity"
@@ -69,11 +68,7 @@ class CausalLMTask(Task):
         cfg, settings = ctx.cfg, ctx.settings
         ctx.data = data = instantiate(cfg.data)
         spec = OmegaConf.to_container(cfg.teacher, resolve=True)
-        mode, ft = stage_settings(spec)
-        if ft.meta():
-            raise ConfigError("teacher.finetune_settings domains/sample_weights/"
-                              "domain_loss_weight (Meta-KD) apply to task=classification "
-                              "only; remove them")
+        mode, ft = plain_stage_settings(spec)
         ctx.teacher_plan = TeacherPlan(modes={"teacher": (mode, ft)})
         set_seed(settings.seed)
         teacher: CausalBundle = instantiate(spec)()

@@ -28,7 +28,7 @@ from distillkit.seq2seq.models import decoder_start, vocab_size
 from distillkit.seq2seq.targets import sequence_kd_targets, step_by_step_targets
 from distillkit.seq2seq.teacher_stage import eval_settings, prepare_seq2seq_teacher
 from distillkit.tasks.base import Evaluator, Task
-from distillkit.teachers.finetune import stage_settings
+from distillkit.teachers.finetune import plain_stage_settings
 
 log = logging.getLogger(__name__)
 # What the teacher_targets stage leaves in RunContext.details (seq2seq.targets), recorded.
@@ -61,11 +61,7 @@ class Seq2SeqTask(Task):
         ctx.data = data = instantiate(cfg.data)
         ctx.loss = loss = instantiate(cfg.loss)
         spec = OmegaConf.to_container(cfg.teacher, resolve=True)
-        mode, ft = stage_settings(spec)
-        if ft.meta():
-            raise ConfigError("teacher.finetune_settings domains/sample_weights/"
-                              "domain_loss_weight (Meta-KD) apply to task=classification "
-                              "only; remove them")
+        mode, ft = plain_stage_settings(spec)
         ctx.teacher_plan = TeacherPlan(modes={"teacher": (mode, ft)})
         set_seed(ft.engine(settings).seed)  # the teacher's seed, when it has its own
         teacher: ModelBundle = instantiate(spec)()

@@ -144,6 +144,16 @@ def stage_settings(spec: dict[str, Any], where: str = "teacher"
     return mode, FinetuneSettings.from_config(spec.pop("finetune_settings", None), where)
 
 
+def plain_stage_settings(spec: dict[str, Any]) -> tuple[str | bool, FinetuneSettings]:
+    """:func:`stage_settings` for a task whose teacher stage has no Meta-KD (seq2seq, causal
+    LM): a Meta-KD setting is refused with one line."""
+    mode, settings = stage_settings(spec)
+    if settings.meta():
+        raise ConfigError("teacher.finetune_settings domains/sample_weights/domain_loss_weight "
+                          "(Meta-KD) apply to task=classification only; remove them")
+    return mode, settings
+
+
 def cache_key(teacher: ModelBundle, data: TextClassificationData, settings: FinetuneSettings,
               seed: int, precision: str = "fp32") -> str:
     """Hash of everything that determines the fine-tuned teacher.
