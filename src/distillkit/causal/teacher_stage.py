@@ -88,9 +88,10 @@ def _load_or_train(teacher: CausalBundle, path: Path, key: str, settings: Finetu
     log.info("fine-tuning causal teacher '%s' on %d examples (%d learnt tokens) of 'train', "
              "%d epoch(s); cache key %s", teacher.name, len(data.encoded["train"]),
              data.num_tokens("train"), settings.epochs, key)
-    model = copy.deepcopy(teacher.model)  # the given weights stay for the student's copy
+    device = engine.resolve_device()
+    model = copy.deepcopy(teacher.model).to(device)  # the given weights stay as they are
     before = score_models(model, None, list(data.loader("eval", engine.eval_batch_size)),
-                          device=engine.resolve_device(), vocab_size=vocab_size)["student"]
+                          device=device, vocab_size=vocab_size)["student"]
     scores, seconds, frozen_count = _train(model, data, settings, engine, vocab_size)
     log.info("fine-tuned teacher: eval perplexity %.3f (as given: %.3f), %.0fs",
              scores["perplexity"], before["perplexity"], seconds)
