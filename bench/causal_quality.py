@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 EXPERIMENT = "experiment=smollm2_kd"
+PLAIN_32 = ["trainer.teacher_topk=32", "trainer.teacher_topk_samples=0"]
 # name -> overrides on top of the experiment (which reads the teacher's top-24 targets plus 8
 # sampled tail slots: 32 slots per token)
 ROWS = {
@@ -31,13 +32,14 @@ ROWS = {
     "k24+s8": [],
     "dense": ["trainer.teacher_topk=0"],
     "k8": ["trainer.teacher_topk=8", "trainer.teacher_topk_samples=0"],
-    "k32": ["trainer.teacher_topk=32", "trainer.teacher_topk_samples=0"],
+    "k32": PLAIN_32,
     "k128": ["trainer.teacher_topk=128", "trainer.teacher_topk_samples=0"],
     "k32+s8": ["trainer.teacher_topk=32"],
-    "jsd": ["loss.divergence=jsd"],
-    "rkl": ["loss.divergence=rkl"],
-    "tvd": ["loss.divergence=tvd"],
-    "skl": ["loss.divergence=skl"],
+    # the other divergences read plain top-32 targets (a sampled tail is for forward KL only)
+    "jsd": [*PLAIN_32, "loss.divergence=jsd"],
+    "rkl": [*PLAIN_32, "loss.divergence=rkl"],
+    "tvd": [*PLAIN_32, "loss.divergence=tvd"],
+    "skl": [*PLAIN_32, "loss.divergence=skl"],
     "alpha0.2": ["loss.alpha=0.2"],
 }
 TOPK_ROWS = ("k8", "k32", "k128", "k24+s8", "k32+s8")

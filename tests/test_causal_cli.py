@@ -173,6 +173,28 @@ def test_cached_top_k_targets_train_like_the_live_teacher_and_serve_later_runs(t
     assert sampled["bytes_per_token"] > sparse["teacher_topk"]["bytes_per_token"]
 
 
+def test_a_loss_the_samples_do_not_suit_reads_the_sampled_entry_as_plain_top_k(tmp_path):
+    """Reverse KL on an entry with a sampled tail reads it as plain top-4 targets (the
+    samples folded into the rest mass): it trains like the run on a plain top-4 entry, up to
+    the fp16 storage of the folded weights; forward KL keeps the samples."""
+    base = ["experiment=tiny_causal_lm", *FAST, "trainer.teacher_topk=4"]
+    runs = {}
+    for name, extra in (("plain", ["loss.divergence=rkl"]),
+                        ("folded", ["loss.divergence=rkl", "trainer.teacher_topk_samples=4"]),
+                        ("fkl", ["trainer.teacher_topk_samples=4"])):
+        proc = _ok(run_cli([*base, *extra, f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path))
+        runs[name] = (json.loads((tmp_path / name / "metrics.json").read_text()),
+                      proc.stdout + proc.stderr)
+    plain, folded, fkl = (runs[n][0] for n in ("plain", "folded", "fkl"))
+    assert folded["teacher_topk"]["tail_read"] == "rest mass"
+    assert "reads the entry as plain top-4 targets" in runs["folded"][1]
+    assert fkl["teacher_topk"]["tail_read"] == "samples" and plain["teacher_topk"]["tail_read"] is None
+    assert folded["train"]["last_losses"]["kd"] == pytest.approx(
+        plain["train"]["last_losses"]["kd"], rel=1e-2)
+    assert folded["student"]["perplexity"] == pytest.approx(plain["student"]["perplexity"],
+                                                            rel=1e-3)
+
+
 @pytest.mark.parametrize(("args", "phrases"), [
     (["experiment=tiny_kd", "trainer.teacher_topk=8"],
      ["trainer.teacher_topk=8", "task=causal_lm"]),

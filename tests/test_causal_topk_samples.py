@@ -104,3 +104,22 @@ def test_the_cached_entry_is_the_same_for_any_batching_and_keyed_apart(teacher, 
                                                                       r.log_probs)
     with pytest.raises(ConfigError, match="teacher_topk_samples must be >= 0"):
         cached(teacher, {"train": split(teacher, lines)}, k=4, samples=-1)
+
+
+def test_the_head_of_a_sampled_entry_is_the_plain_top_k():
+    z = torch.randn(6, 50, generator=torch.Generator().manual_seed(3))
+    sampled = topk_targets(z, 5, 8, torch.Generator().manual_seed(4))
+    plain = topk_targets(z, 5)
+    head = sampled.head(5)
+    assert torch.equal(head.indices, plain.indices)
+    torch.testing.assert_close(head.log_probs, plain.log_probs)
+    torch.testing.assert_close(head.rest_log_prob, plain.rest_log_prob)
+
+
+@pytest.mark.parametrize(("divergence", "temperature", "reads"), [
+    ("fkl", 1.0, True), ("fkl", 2.0, False), ("rkl", 1.0, False), ("jsd", 1.0, False),
+    ("tvd", 1.0, False), ("skl", 1.0, False)])
+def test_only_forward_kl_at_t1_reads_the_samples(divergence, temperature, reads):
+    from distillkit.causal.losses import causal_kd
+
+    assert causal_kd(divergence, temperature=temperature).reads_sampled_tail is reads

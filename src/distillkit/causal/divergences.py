@@ -108,6 +108,11 @@ class _Divergence(torch.autograd.Function):
 class TokenDivergence(nn.Module, metaclass=abc.ABCMeta):
     """Base of the token-level divergences: ``divergence(student_logits, teacher, T)``."""
 
+    #: Whether top-k targets with a sampled tail (:mod:`distillkit.causal.topk`) give this
+    #: divergence an unbiased value (up to a constant) and gradient at ``T = 1``: true for a
+    #: divergence linear in the teacher's probabilities (forward KL).
+    unbiased_on_sampled_tail: bool = False
+
     @abc.abstractmethod
     def values_and_grad(self, log_p: torch.Tensor,
                         log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,6 +166,8 @@ class ForwardKL(TokenDivergence):
     """Forward KL ``KL(p || q) = sum_v p_v log(p_v / q_v)``: mass-covering (the student must put
     probability wherever the teacher does). Hinton, Vinyals & Dean (2015), "Distilling the
     Knowledge in a Neural Network"; the usual token-level KD of a causal LM."""
+
+    unbiased_on_sampled_tail = True
 
     @torch.no_grad()
     def values_and_grad(self, log_p: torch.Tensor,

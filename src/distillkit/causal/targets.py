@@ -63,12 +63,14 @@ def cache_train_topk(model, data: CausalLMData, settings: EngineSettings, *, k: 
                               samples=samples)
 
 
-def topk_collate(data: CausalLMData, cache: TopKCache) -> Callable[[list], dict]:
-    """The training split's collator with the cached top-k targets added to every batch."""
+def topk_collate(data: CausalLMData, cache: TopKCache,
+                 head_only: bool = False) -> Callable[[list], dict]:
+    """The training split's collator with the cached top-k targets added to every batch
+    (``head_only``: a sampled tail folded into the rest mass)."""
 
     def collate(examples: list) -> dict:
         batch = data.collate(examples)
         batch[TEACHER_ROW] = batch[ROW]
         return batch
 
-    return TopKCollator(collate, [cache.stores[ROLE]])
+    return TopKCollator(collate, [cache.stores[ROLE]], head_only=head_only)

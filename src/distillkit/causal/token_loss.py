@@ -148,6 +148,14 @@ class TokenDistillationLoss(KDLoss):
         return self.divergence is not None and self.alpha > 0
 
     @property
+    def reads_sampled_tail(self) -> bool:
+        """Whether cached top-k targets with a sampled tail keep their samples for this loss
+        (forward KL at ``T = 1``, where they are unbiased); otherwise the task folds them into
+        plain top-k targets."""
+        return self.divergence is not None and self.divergence.unbiased_on_sampled_tail \
+            and self.temperature == 1.0
+
+    @property
     def needs_teacher(self) -> bool:
         """Whether :meth:`forward` reads the teacher: when the KD term runs (a subclass with
         teacher terms of its own widens this)."""

@@ -37,8 +37,12 @@ teacher's ``p_j``, so the teacher's bucket distribution is an unbiased estimate 
 one; forward KL is linear in it, so its value up to the teacher's entropy and its gradient
 are unbiased too (in the spirit of the random-sampling KD of Anshumann et al., 2025, "Sparse
 Logit Sampling: Accelerating Knowledge Distillation in LLMs", with the top ``k`` kept exact).
-The other divergences and ``T != 1`` read the sampled weights as they read any bucket weights
-(an approximation, as the rest bucket is). ``indices`` then hold the ``k`` top tokens in
+The other divergences and ``T != 1`` are not linear in the teacher's weights, and reverse KL
+would read the emptied rest bucket as a zero teacher probability: a loss for which the sampled
+tail is not unbiased
+(:attr:`~distillkit.causal.token_loss.TokenDistillationLoss.reads_sampled_tail`) reads the
+entry as plain top-``k`` targets instead (:meth:`TopKTargets.head`: the tail slots' weights add
+up to the rest mass they replaced). ``indices`` then hold the ``k`` top tokens in
 descending order followed by ``m`` tail slots (distinct tail tokens, unused slots with weight
 0 on other distinct tokens); ``rest_log_prob`` is :data:`LOG_FLOOR`.
 """
@@ -86,6 +90,15 @@ class TopKTargets:
     def k(self) -> int:
         """Number of named teacher tokens per position."""
         return int(self.indices.shape[-1])
+
+    def head(self, k: int) -> TopKTargets:
+        """The first ``k`` entries with everything after them folded into the rest bucket:
+        targets with a sampled tail read as plain top-k targets (the tail slots' weights add
+        up to the rest mass they replaced)."""
+        rest = torch.logsumexp(torch.cat([self.log_probs[..., k:].float(),
+                                          self.rest_log_prob.float().unsqueeze(-1)], dim=-1),
+                               dim=-1)
+        return TopKTargets(self.log_probs[..., :k], self.indices[..., :k], rest)
 
     def index(self, where: torch.Tensor | slice) -> TopKTargets:
         """The targets of a subset of tokens: ``where`` indexes the leading dims (a boolean

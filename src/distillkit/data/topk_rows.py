@@ -32,6 +32,7 @@ from distillkit.engine.outputs import TOPK_INDICES, TOPK_LOG_PROBS, TOPK_REST
 class ExampleTopK(Protocol):
     """One split's stored top-k targets (:class:`distillkit.teachers.topk_store.TopKStore`)."""
 
+    k: int
     width: int
 
     def __len__(self) -> int: ...
@@ -47,12 +48,15 @@ class TopKCollator(RowCollator):
     Args:
         collate: the usual collator (dynamic padding of the token columns).
         parts: per split, in concatenation order, its stored top-k targets (one width).
+        head_only: read only each entry's top ``k`` and fold any sampled tail slots into the
+            rest mass (:meth:`~distillkit.causal.topk.TopKTargets.head`).
     """
 
     def __init__(self, collate: Callable[[list[dict]], dict],
-                 parts: Sequence[ExampleTopK]) -> None:
+                 parts: Sequence[ExampleTopK], head_only: bool = False) -> None:
         super().__init__(collate, parts)
-        sizes = {p.width for p in self.parts}
+        self.head_only = head_only
+        sizes = {p.k if head_only else p.width for p in self.parts}
         if len(sizes) != 1:
             raise ValueError(f"the splits' cached top-k targets keep different numbers of "
                              f"entries per token: {sorted(sizes)}")
@@ -68,6 +72,8 @@ class TopKCollator(RowCollator):
         rest = torch.zeros((size, seq), dtype=torch.float32)
         for b, (part, row) in enumerate(rows):
             targets = self.parts[part].example(row)
+            if self.head_only:
+                targets = targets.head(self.width)
             length = int(targets.rest_log_prob.shape[0])
             at = real_span(mask[b], length)
             log_probs[b, at:at + length] = targets.log_probs

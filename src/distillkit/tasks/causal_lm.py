@@ -168,7 +168,15 @@ class CausalLMTask(Task):
     def train_loader(self, ctx: RunContext) -> Any:
         """The training batches (carrying the teacher's top-k targets when they are cached)."""
         cache = ctx.details.get("teacher_topk")
-        collate = topk_collate(ctx.data, cache) if ctx.cached_logits else None
+        collate = None
+        if ctx.cached_logits:
+            head_only = bool(cache.samples) and not ctx.loss.reads_sampled_tail
+            if head_only:
+                log.info("the loss is not forward KL at T=1, for which the %d sampled tail slots "
+                         "are unbiased: it reads the entry as plain top-%d targets (the slots "
+                         "folded into the rest mass)", cache.samples, cache.k)
+            cache.tail_read = "rest mass" if head_only else ("samples" if cache.samples else None)
+            collate = topk_collate(ctx.data, cache, head_only=head_only)
         return ctx.data.loader("train", ctx.settings.batch_size, shuffle=True,
                                seed=ctx.settings.seed, collate=collate, shard=ctx.dist.shard())
 

@@ -164,6 +164,11 @@ class TopKStore:
         return int(self.meta["examples"])
 
     @property
+    def k(self) -> int:
+        """The teacher's top tokens per position."""
+        return self.spec.k
+
+    @property
     def width(self) -> int:
         """Entries per token (the top ``k`` and any sampled tail slots)."""
         return self.spec.width
