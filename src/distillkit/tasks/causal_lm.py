@@ -170,12 +170,11 @@ class CausalLMTask(Task):
         cache = ctx.details.get("teacher_topk")
         collate = None
         if ctx.cached_logits:
-            head_only = bool(cache.samples) and not ctx.loss.reads_sampled_tail
+            head_only = _tail_read(cache, ctx.loss) == "rest mass"
             if head_only:
                 log.info("the loss is not forward KL at T=1, for which the %d sampled tail slots "
                          "are unbiased: it reads the entry as plain top-%d targets (the slots "
                          "folded into the rest mass)", cache.samples, cache.k)
-            cache.tail_read = "rest mass" if head_only else ("samples" if cache.samples else None)
             collate = topk_collate(ctx.data, cache, head_only=head_only)
         return ctx.data.loader("train", ctx.settings.batch_size, shuffle=True,
                                seed=ctx.settings.seed, collate=collate, shard=ctx.dist.shard())
@@ -257,7 +256,8 @@ class CausalLMTask(Task):
                                     "batches": sum(map(hook.chosen, range(micro))),
                                     "of": micro}
         if "teacher_topk" in ctx.details:
-            metrics["teacher_topk"] = ctx.details["teacher_topk"].record()
+            cache = ctx.details["teacher_topk"]
+            metrics["teacher_topk"] = {**cache.record(), "tail_read": _tail_read(cache, loss)}
         if "teacher_finetune" in ctx.details:
             metrics["teacher_finetune"] = ctx.details["teacher_finetune"]
         if ev.validation is not None:
@@ -274,3 +274,11 @@ class CausalLMTask(Task):
     def export_note(self) -> str:
         return ("load it with AutoModelForCausalLM.from_pretrained, or "
                 "pipeline('text-generation', model=<dir>)")
+
+
+def _tail_read(cache: Any, loss: Any) -> str | None:
+    """How the loss reads a top-k entry's sampled tail: ``samples`` (forward KL at T=1, where
+    they are unbiased), ``rest mass`` (folded into plain top-k targets), None without one."""
+    if not cache.samples:
+        return None
+    return "samples" if loss.reads_sampled_tail else "rest mass"

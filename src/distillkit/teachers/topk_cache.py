@@ -90,8 +90,6 @@ class TopKCache:
         dtype: storage dtype of the log-probabilities.
         tokens: real tokens of the splits.
         samples: sampled tail slots per position (0: the rest mass is stored).
-        tail_read: how the loss reads a sampled tail: ``samples``, or ``rest mass`` (folded
-            into plain top-k targets: a loss for which the samples are not unbiased).
         bytes: size of the entries (estimated when ``live``).
         bytes_per_token: ``bytes / tokens``.
         reason: why ``live``, in words (None otherwise).
@@ -110,7 +108,6 @@ class TopKCache:
     seconds: float = 0.0
     stores: dict[str, TopKStore] = field(default_factory=dict, repr=False)
     samples: int = 0
-    tail_read: str | None = None
 
     @property
     def bytes_per_token(self) -> float:
@@ -119,7 +116,6 @@ class TopKCache:
     def record(self) -> dict[str, Any]:
         """The run record's entry (JSON-ready)."""
         return {"source": self.source, "k": self.k, "samples": self.samples,
-                "tail_read": self.tail_read,
                 "dtype": self.dtype, "tokens": self.tokens,
                 "bytes": self.bytes, "bytes_per_token": round(self.bytes_per_token, 1),
                 "reason": self.reason, "splits": self.splits, "seconds": round(self.seconds, 3)}
