@@ -20,6 +20,7 @@ from distillkit.losses import (
     IntermediateTerms,
     SoftTargetCrossEntropy,
 )
+from distillkit.losses.intermediate import _Gram
 from distillkit.losses.mapping import LayerPair
 
 ALL_TERMS = [HiddenMSE, HiddenCosine, GramMMD, AttentionMSE, AttentionKL]
@@ -253,3 +254,35 @@ def test_engine_requests_only_the_features_the_loss_reads(intermediate, expected
     d.fit(data.loader("train", 8, shuffle=True))
     assert student.calls and all(c == expected for c in student.calls)
     assert teacher_spy.calls and all(c == expected for c in teacher_spy.calls)
+
+
+def test_gram_mmd_gradient_matches_the_written_out_formula():
+    torch.manual_seed(0)
+    s = torch.randn(3, 5, 4, requires_grad=True)
+    t = torch.randn(3, 5, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0]])
+    pairs = (mask[:, :, None] * mask[:, None, :]).double()
+    # mean over real token pairs of (s_i . s_j / 4 - t_i . t_j / 6)^2, by explicit sums (float64)
+    s64 = s.detach().double().requires_grad_()
+    gram_s = torch.einsum("bid,bjd->bij", s64, s64) / 4
+    gram_t = torch.einsum("bid,bjd->bij", t.double(), t.double()) / 6
+    want = (((gram_s - gram_t) ** 2) * pairs).sum() / pairs.sum()
+    (want_grad,) = torch.autograd.grad(want, s64)
+    got = GramMMD()(s, t, mask)
+    (got_grad,) = torch.autograd.grad(got, s)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-4, atol=1e-6)
+    # the gram's own backward pass (one product for both sides) in float64
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_Gram.apply, (x,))
+
+
+def test_gram_mmd_stays_float32_under_bf16_autocast():
+    torch.manual_seed(1)
+    s, t = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    mask = torch.ones(2, 4, dtype=torch.long)
+    plain = GramMMD()(s, t, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = GramMMD()(s, t, mask)
+    assert cast.dtype == torch.float32
+    assert cast.item() == pytest.approx(plain.item(), rel=1e-6)  # bf16 grams would be ~1e-2 off

@@ -87,7 +87,7 @@ class HiddenMSE(_Term):
 
     def parts(self, student: torch.Tensor, teacher: torch.Tensor,
               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        per_token = (student.float() - teacher.float()).pow(2).mean(-1)
+        per_token = F.mse_loss(student.float(), teacher.float(), reduction="none").mean(-1)
         return _token_parts(per_token, mask)
 
 
@@ -118,11 +118,29 @@ class GramMMD(_Term):
 
     def parts(self, student: torch.Tensor, teacher: torch.Tensor,
               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s, t = student.float(), teacher.float()
-        gram_s = torch.bmm(s, s.transpose(1, 2)) / s.size(-1)
-        gram_t = torch.bmm(t, t.transpose(1, 2)) / t.size(-1)
+        gram_s = _Gram.apply(student.float())
+        with torch.no_grad():
+            gram_t = _Gram.apply(teacher.float())
         pairs = _pair_mask(mask)
-        return ((gram_s - gram_t).pow(2) * pairs).sum((1, 2)), pairs.sum((1, 2))
+        sq = F.mse_loss(gram_s, gram_t, reduction="none")
+        return (sq * pairs).sum((1, 2)), pairs.sum((1, 2))
+
+
+class _Gram(torch.autograd.Function):
+    """``X Xᵀ / width`` per example of ``X`` ``[batch, seq, width]``, in float32 (also under
+    autocast). The backward pass is one batched product, ``(G + Gᵀ) X / width`` for the
+    incoming gradient ``G``, where autograd's would take two."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.bmm(x, x.transpose(1, 2)).div_(x.size(-1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.bmm(grad + grad.transpose(1, 2), x).div_(x.size(-1))
 
 
 def _match_heads(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor,
