@@ -107,6 +107,7 @@ def _header(result: dict[str, Any]) -> list[tuple[str, str]]:
                   f"{m['batch_size']} x accumulation {m['grad_accum_steps']}; "
                   f"device {m['device']}, {m['precision']}"),
         ("precision", _precision_note(m)),
+        ("memory", m.get("memory") or "n/a"),
         ("command", m["command"]),
         *((f"config {GROUP_CASES[g]}", " ".join(o)) for g, o in m["overrides"].items()),
     ]

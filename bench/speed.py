@@ -72,7 +72,8 @@ from _common import (
 from _speed_report import format_markdown, format_text
 from _textbrewer import train_textbrewer
 
-from distillkit.engine.settings import cpu_has_native_bf16
+from distillkit.engine.settings import EngineSettings, cpu_has_native_bf16
+from distillkit.runtime.memory import keep_freed_memory
 
 CASES = {
     "a": "student alone (loss=hard)",
@@ -206,6 +207,21 @@ def run_mmd_group(setup: Setup, hard_overrides: list[str], wanted: list[str], wa
             skipped)
 
 
+def memory_setting(settings: EngineSettings) -> str:
+    """Applies the run's CPU memory setting (``trainer.keep_freed_memory``) to the whole
+    process before the first case, as a run's training loop does, so that every case runs
+    under it, TextBrewer's included; says which setting the cases ran under."""
+    if settings.resolve_device().type != "cpu":
+        return "the device's own allocator (trainer.keep_freed_memory is a CPU setting)"
+    if not settings.keep_freed_memory:
+        return "glibc's default (trainer.keep_freed_memory=false)"
+    if keep_freed_memory():
+        return ("glibc keeps freed memory for reuse (trainer.keep_freed_memory, on by default "
+                "on a CPU), set before the first case: every case runs under it, TextBrewer's "
+                "included")
+    return "the C library's default (not glibc, or it refused the setting)"
+
+
 def ratios(cases: dict[str, dict[str, Any]], fp32: bool) -> dict[str, dict[str, Any]]:
     """The target ratios (None when a case is missing); ``fp32``: the run had no autocast, so
     TextBrewer at equal precision is (e), else (f)."""
@@ -274,11 +290,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                else [])]
     overrides = configs(args.real, user)
     total_steps = args.warmup + args.steps + 1
-    cases, builds, skipped, settings = [], [], [], None
+    cases, builds, skipped, settings, memory = [], [], [], None, None
     kd_cases = [c for c in wanted if c in "abc"]
     if kd_cases:
         setup = prepare(overrides["kd"], total_steps)
         settings = setup.settings
+        memory = memory_setting(settings)
         builds.append(_build_info("kd", setup))
         cases += run_kd_group(setup, overrides["hard"], kd_cases, args.warmup, args.steps,
                               args.repeat)
@@ -290,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif mmd_cases:
         setup = prepare(overrides["mmd"], total_steps)
         settings = settings or setup.settings
+        memory = memory or memory_setting(setup.settings)
         builds.append(_build_info("mmd", setup))
         out, skip = run_mmd_group(setup, overrides["hard_mmd"], mmd_cases, args.warmup,
                                   args.steps, args.repeat)
@@ -310,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "device": device,
             "precision": f"{str(dtype).removeprefix('torch.')} autocast" if dtype else "fp32",
             "command": " ".join(["python", *sys.argv]),
-            "cpu_bf16": cpu_has_native_bf16(),
+            "cpu_bf16": cpu_has_native_bf16(), "memory": memory,
             "overrides": {b["group"]: overrides[b["group"]] for b in builds},
         },
         "builds": builds, "cases": cases, "skipped": skipped,

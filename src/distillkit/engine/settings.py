@@ -67,6 +67,9 @@ class EngineSettings:
         num_workers: DataLoader worker processes.
         group_by_length: training batches group examples of similar length (random batches,
             far less padding; evaluation and inference batches are always length-sorted).
+        keep_freed_memory: on a CPU, glibc keeps freed memory mapped for the next step
+            instead of returning it to the system and page-faulting it back in
+            (:mod:`distillkit.runtime.memory`); no effect on a GPU or without glibc.
         sharding: ``none`` (each rank holds whole models: DDP under a distributed launcher)
             or ``fsdp`` (student, loss and teacher sharded over the ranks with FSDP2; needs
             more than one process: :mod:`distillkit.engine.sharding`).
@@ -91,6 +94,7 @@ class EngineSettings:
     progress: bool = True
     num_workers: int = 0
     group_by_length: bool = True
+    keep_freed_memory: bool = True
     sharding: str = "none"
 
     def validate(self) -> None:

@@ -52,6 +52,7 @@ from distillkit.engine.sharding import gathered, related_roots, release, shard_m
 from distillkit.errors import TrainingError
 from distillkit.losses.contract import KDLoss
 from distillkit.runtime.distributed import SINGLE, DistEnv
+from distillkit.runtime.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,8 @@ class Distiller:
                 :mod:`distillkit.engine.nonfinite`); checkpoints written before it are kept.
         """
         s = self.settings
+        if s.keep_freed_memory and self.device.type == "cpu":
+            keep_freed_memory()  # large per-step tensors are reused, not re-mapped
         self._evaluate_fn, self._metric = evaluate or self.evaluate, metric
         if len(train_loader) == 0:
             raise TrainingError("the training split is empty; check data.train_split")

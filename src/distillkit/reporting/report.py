@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 ERROR_FILE = "error.json"
 # Override keys that say how to run, not what to run (left out of summaries and HParams).
-IGNORED_OVERRIDES = frozenset({"resume", "trainer.progress", "trainer.num_workers"})
+IGNORED_OVERRIDES = frozenset({"resume", "trainer.progress", "trainer.num_workers",
+                               "trainer.keep_freed_memory"})
 # (column, label in summary.md, getter from metrics.json); {metric}: the run's headline metric
 # (metrics.json "metric": accuracy for classification, exact_match/bleu/chrf for seq2seq)
 METRICS = (

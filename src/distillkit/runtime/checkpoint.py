@@ -32,7 +32,8 @@ DIRNAME = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 # Config keys that may differ between a checkpoint's run and the run resuming it.
 RESUMABLE_CHANGES = frozenset({"resume", "export_student", "trainer.progress",
-                               "trainer.num_workers", "trainer.checkpoint_every_steps",
+                               "trainer.num_workers", "trainer.keep_freed_memory",
+                               "trainer.checkpoint_every_steps",
                                "trainer.keep_checkpoints", "allow_targets"})
 
 
