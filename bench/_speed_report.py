@@ -31,8 +31,10 @@ def _ratio_lines(result: dict[str, Any]) -> list[str]:
         if r["value"] is None:
             lines.append(f"{label}: n/a (needs cases {r['needs']}; target {r['target']})")
         else:
+            spread = (f"; within each round: {', '.join(f'{v:.2f}' for v in r['rounds'])}"
+                      if len(r.get("rounds") or []) > 1 else "")
             lines.append(f"{label}: {r['value']:.2f} (target {r['target']}: "
-                         f"{'met' if r['met'] else 'NOT met'})")
+                         f"{'met' if r['met'] else 'NOT met'}{spread})")
     return lines
 
 

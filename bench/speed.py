@@ -230,21 +230,27 @@ def ratios(cases: dict[str, dict[str, Any]], fp32: bool) -> dict[str, dict[str, 
             return cases[num][key] / cases[den][key]
         return None
 
-    def entry(value: float | None, at_most: bool, target: str, need: str) -> dict[str, Any]:
+    def rounds(num: str, den: str, key: str) -> list[float]:
+        """The ratio within each interleaved round (the spread the verdict's medians hide)."""
+        if num not in cases or den not in cases:
+            return []
+        pairs = zip(cases[num]["rounds_s_per_step"], cases[den]["rounds_s_per_step"],
+                    strict=True)
+        return [n / d if key == "s_per_step" else d / n for n, d in pairs]
+
+    def entry(num: str, den: str, key: str, at_most: bool, target: str) -> dict[str, Any]:
+        value = ratio(num, den, key)
         met = None if value is None else (value <= float(target) if at_most
                                           else value >= float(target))
         return {"value": value, "target": f"{'<=' if at_most else '>='} {target}", "met": met,
-                "needs": need}
+                "needs": f"{num} and {den}", "rounds": rounds(num, den, key)}
     equal = "e" if fp32 else "f"
     return {
-        "c_over_a_step_time": entry(ratio("c", "a", "s_per_step"), True, TARGET_C_OVER_A,
-                                    "a and c"),
-        "d_over_e_steps_per_s": entry(ratio("d", "e", "steps_per_s"), False, TARGET_D_OVER_E,
-                                      "d and e"),
-        "g_over_h_step_time": entry(ratio("g", "h", "s_per_step"), True, TARGET_G_OVER_H,
-                                    "g and h"),
-        f"g_over_{equal}_steps_per_s": entry(ratio("g", equal, "steps_per_s"), False,
-                                             TARGET_G_OVER_TB, f"g and {equal}"),
+        "c_over_a_step_time": entry("c", "a", "s_per_step", True, TARGET_C_OVER_A),
+        "d_over_e_steps_per_s": entry("d", "e", "steps_per_s", False, TARGET_D_OVER_E),
+        "g_over_h_step_time": entry("g", "h", "s_per_step", True, TARGET_G_OVER_H),
+        f"g_over_{equal}_steps_per_s": entry("g", equal, "steps_per_s", False,
+                                             TARGET_G_OVER_TB),
         # for information: TextBrewer given the run's autocast and optimizer (what it leaves to
         # the user's script)
         "d_over_f_steps_per_s": {"value": ratio("d", "f", "steps_per_s"),
