@@ -29,9 +29,9 @@ class ExampleFeatures(Protocol):
 
     def __len__(self) -> int: ...
 
-    def example(self, i: int, hidden: bool = True
+    def example(self, i: int, with_hidden: bool = True
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``hidden`` ``[layers, L, width]`` (None when ``hidden`` is false) and
+        """``hidden`` ``[layers, L, width]`` (None when ``with_hidden`` is false) and
         ``attentions`` ``[layers, heads, L, L]``."""
         ...
 
@@ -176,7 +176,7 @@ class FeatureCollator(RowCollator):
         size, seq = mask.shape
         attn: list[torch.Tensor] | None = None
         for b, (part, row) in enumerate(rows):
-            _, a = self.parts[part].example(row, hidden=False)
+            _, a = self.parts[part].example(row, with_hidden=False)
             assert a is not None
             length = a.shape[-1]
             at = real_span(mask[b], length)
