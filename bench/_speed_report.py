@@ -16,7 +16,16 @@ RATIO_LABELS = {"c_over_a_step_time": "(c)/(a) step time",
                 "g_over_e_steps_per_s": "(g)/(e) steps/s (TextBrewer at equal precision: fp32)",
                 "g_over_f_steps_per_s": "(g)/(f) steps/s (TextBrewer at equal precision: the "
                                         "run's autocast and optimizer)",
-                "d_over_f_steps_per_s": "(d)/(f) steps/s"}
+                "d_over_f_steps_per_s": "(d)/(f) steps/s",
+                "i_over_h_step_time": "(i)/(h) step time",
+                "g_over_i_step_time": "(g)/(i) step time"}
+
+
+def _spread(ratio: dict[str, Any]) -> str:
+    """The ratio within each interleaved round, when there was more than one."""
+    rounds = ratio.get("rounds") or []
+    return (f"; within each round: {', '.join(f'{v:.2f}' for v in rounds)}"
+            if len(rounds) > 1 else "")
 
 
 def _ratio_lines(result: dict[str, Any]) -> list[str]:
@@ -25,16 +34,14 @@ def _ratio_lines(result: dict[str, Any]) -> list[str]:
         label = RATIO_LABELS[key]
         if r["target"] == "(information)":
             if r["value"] is not None:
-                lines.append(f"{label}: {r['value']:.2f} (TextBrewer given the run's "
-                             "autocast and optimizer; information, no target)")
+                lines.append(f"{label}: {r['value']:.2f} ({r['note']}; information, no "
+                             f"target{_spread(r)})")
             continue
         if r["value"] is None:
             lines.append(f"{label}: n/a (needs cases {r['needs']}; target {r['target']})")
         else:
-            spread = (f"; within each round: {', '.join(f'{v:.2f}' for v in r['rounds'])}"
-                      if len(r.get("rounds") or []) > 1 else "")
             lines.append(f"{label}: {r['value']:.2f} (target {r['target']}: "
-                         f"{'met' if r['met'] else 'NOT met'}{spread})")
+                         f"{'met' if r['met'] else 'NOT met'}{_spread(r)})")
     return lines
 
 
@@ -56,7 +63,7 @@ def _rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-GROUP_CASES = {"kd": "(a)-(c)", "mmd": "(d)-(h)"}
+GROUP_CASES = {"kd": "(a)-(c)", "mmd": "(d)-(i)"}
 
 
 def _build_lines(result: dict[str, Any]) -> list[str]:
