@@ -27,7 +27,7 @@ in this one process, and its steps are timed after a warm-up.
       cost over (h), without the cache reads ((g)/(i) is what the reads add; information)
 
 (a)-(c) share one build and one list of batches (``loss=kd``; (a) trains on them with
-``loss=hard``, transfer-set rows included, where their hidden labels weigh nothing), (d)-(h)
+``loss=hard``, transfer-set rows included, where their hidden labels weigh nothing), (d)-(i)
 another (``loss=mmd``). Targets: (c)/(a) step time <= 1.10; (d)/(e) steps/s >= 1.5; (g)/(h)
 step time <= 1.15; (g) steps/s >= 1.5x TextBrewer's at equal precision: (g)/(e) in an fp32 run
 (TextBrewer as shipped), (g)/(f) in a bf16 run (TextBrewer given the run's autocast and
@@ -180,7 +180,7 @@ def run_kd_group(setup: Setup, hard_overrides: list[str], wanted: list[str], war
 
 def run_mmd_group(setup: Setup, hard_overrides: list[str], wanted: list[str], warmup: int,
                   steps: int, rounds: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """Cases (d)-(h) on one build with ``loss=mmd``; (e), (f) skipped without textbrewer."""
+    """Cases (d)-(i) on one build with ``loss=mmd``; (e), (f) skipped without textbrewer."""
     built = setup.built
     student, teacher = built["student"].model, built["teacher"].model
     live = without_teacher_logits(setup.batches)
