@@ -190,8 +190,9 @@ def run_mmd_group(setup: Setup, hard_overrides: list[str], wanted: list[str], wa
         return [setup.features.add_features(dict(b)) for b in setup.batches]
 
     if set(wanted) & {"g", "i"} and setup.features is None:
-        raise SystemExit("(g) and (i) need the teacher-feature cache, which this config does not use "
-                         "(trainer.teacher_cache=false or feature_cache_max_gb too small?)")
+        raise SystemExit("(g) and (i) need the teacher-feature cache, which this config does "
+                         "not use (trainer.teacher_cache=false or feature_cache_max_gb too "
+                         "small?)")
     cases = {
         "d": lambda w, n: train_distillkit(setup, copy.deepcopy(student), teacher,
                                            copy.deepcopy(built["loss"]), live, w, n),
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of the cases, interleaved; the median round is reported")
-    parser.add_argument("--cases", default="a,b,c,d,e,f,g,h",
+    parser.add_argument("--cases", default="a,b,c,d,e,f,g,h,i",
                         help="comma-separated subset of a-i")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                         help="trainer.precision for every case (default: the config's)")
