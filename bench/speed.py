@@ -186,7 +186,9 @@ def run_mmd_group(setup: Setup, hard_overrides: list[str], wanted: list[str], wa
     live = without_teacher_logits(setup.batches)
 
     def read_ahead() -> list[dict]:
-        """(g)'s batches with their features already read (outside the timed steps)."""
+        """(g)'s batches with their features already read (outside the timed steps); read
+        again each round rather than kept, so the other cases do not run beside them in
+        memory."""
         return [setup.features.add_features(dict(b)) for b in setup.batches]
 
     if set(wanted) & {"g", "i"} and setup.features is None:
